@@ -1,0 +1,53 @@
+"""Sample responses from a policy and turn them into pairs to label.
+
+Every two distinct completions of a prompt make one pair: n=2 gives one pair per prompt, n=4 six.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from reward.labeling.importing import check_prompt
+from reward.labeling.store import Pair
+from rlhf.errors import ConfigError
+from rlhf.io import read_rows
+
+
+@dataclass
+class Sampling:
+    n: int = 2
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> tuple[list[Pair], int]:
+    """Pairs of completions from `model` (a run directory or model name); also returns how many
+    candidate pairs were dropped because a completion was empty or both were the same."""
+    if sampling.n < 2:
+        raise ConfigError(f"--n must be at least 2 to make a pair, got {sampling.n}")
+    prompts = [check_prompt(row) for row in read_rows(prompts_path)]
+    from rlhf.generation import load_for_generation, sample  # torch-heavy: only when generating
+
+    policy, tokenizer = load_for_generation(model)
+    completions = sample(
+        policy,
+        tokenizer,
+        prompts,
+        n=sampling.n,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
+    )
+    pairs, dropped = [], 0
+    for prompt, outputs in zip(prompts, completions):
+        for first, second in combinations(outputs, 2):
+            if not first.strip() or not second.strip() or first.strip() == second.strip():
+                dropped += 1
+                continue
+            pairs.append(Pair(prompt, first, second, model_a=str(model), model_b=str(model)))
+    return pairs, dropped

@@ -1,0 +1,182 @@
+"""Stage configs: dataclasses read from `--config FILE.yaml` plus `--key value` overrides.
+
+Why not `HfArgumentParser`: it accepts unknown YAML keys only by failing without naming close valid
+keys or the YAML line, and it turns ~130 TrainingArguments fields into argparse flags. Here every
+key is checked against the dataclass, with the file, line and nearest valid names in the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rlhf.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def config_keys(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"{where}: unknown config key '{key}'{hint}")
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """YAML mapping and the line of each top-level key (for error messages)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from e
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+    return data, lines
+
+
+def _is_str_type(tp) -> bool:
+    if tp is str:
+        return True
+    args = typing.get_args(tp)
+    return bool(args) and str in args and not any(typing.get_origin(a) in (list, dict) for a in args)
+
+
+def _parse_cli_value(raw: str, field: dataclasses.Field) -> Any:
+    """Typed value of `--key raw`: YAML syntax (numbers, true/false, [a, b], null) except for plain strings."""
+    tp = field.type if not isinstance(field.type, str) else None
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if tp is not None and _is_str_type(tp) and not isinstance(value, (list, dict)) and value is not None:
+        return raw
+    return value
+
+
+def parse_overrides(argv: list[str], valid: dict[str, dataclasses.Field]) -> tuple[str | None, dict[str, Any]]:
+    """(`--config` path, {key: value}) from `--config F --key value --key=value --flag`."""
+    config_path, overrides, i = None, {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}' (overrides are written --key value)")
+        key, eq, raw = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if nxt is None or nxt.startswith("--"):
+                raw = "true"  # a bare --flag means true
+            else:
+                raw, i = nxt, i + 1
+        i += 1
+        if key == "config":
+            config_path = raw
+            continue
+        if key not in valid:
+            raise _unknown_key(key, valid, "command line")
+        overrides[key] = _parse_cli_value(raw, valid[key])
+    return config_path, overrides
+
+
+def load_config(cls: type[C], argv: list[str]) -> C:
+    """Build `cls` from `--config FILE.yaml` and `--key value` overrides (CLI wins over the file)."""
+    valid = config_keys(cls)
+    config_path, overrides = parse_overrides(argv, valid)
+    values: dict[str, Any] = {}
+    where = "command line"
+    if config_path:
+        data, lines = read_yaml(config_path)
+        for key in data:
+            if key not in valid:
+                raise _unknown_key(key, valid, f"{config_path}:{lines.get(key, '?')}")
+        values.update(data)
+        where = config_path
+    values.update(overrides)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def config_help(cls, title: str) -> str:
+    """Text for `rlhf STAGE --help`: the stage's own keys with their help, then a note on inherited ones."""
+    lines = [title, "", "usage: --config FILE.yaml [--key value ...]", "", "keys of this stage:"]
+    for f in dataclasses.fields(cls):
+        if f.init and f.metadata.get("stage"):
+            lines.append(f"  --{f.name} (default {f.default!r}): {f.metadata.get('help', '')}")
+    inherited = [f.name for f in dataclasses.fields(cls) if f.init and not f.metadata.get("stage")]
+    if inherited:
+        lines += ["", f"plus {len(inherited)} keys of the underlying TRL/transformers config, e.g.:",
+                  "  " + ", ".join(inherited[:12]) + ", ..."]
+    return "\n".join(lines)
+
+
+def key(default: Any, help: str) -> Any:
+    """A stage config field with its help text (shown by `--help`)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, "stage": True})
+    return dataclasses.field(default=default, metadata={"help": help, "stage": True})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    """The resolved config as plain YAML-able values (only init fields, i.e. keys a user can set)."""
+    return {name: _plain(getattr(config, name)) for name in config_keys(type(config))}
+
+
+def save_config(config, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def wants_help(argv: list[str], cls, title: str) -> bool:
+    if "-h" in argv or "--help" in argv:
+        print(config_help(cls, title))
+        return True
+    return False
+
+
+def dump_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+

@@ -1,0 +1,145 @@
+"""Demonstrations for SFT: validate rows of any supported format, then tokenize with loss masks.
+
+Formats (one per file, detected from the first row):
+  {"messages": [{"role", "content"}, ...]}   loss on assistant turns only
+  {"prompt", "completion"}                     loss on the completion only (strings or message lists)
+  {"text"}                                     loss on every token
+Tokenizing here (not inside SFTTrainer) lets us count and report rows over `max_length`, drop them
+when asked, and hand TRL finished `input_ids`/`labels` for every split, the test split included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlhf.errors import DataError
+from rlhf.generation import format_prompt
+from rlhf.io import Row
+
+ROLES = ("system", "user", "assistant")
+IGNORE = -100
+
+
+def detect_format(row: Row) -> str:
+    keys = set(row.data)
+    if "messages" in keys:
+        return "messages"
+    if "prompt" in keys or "completion" in keys:
+        return "prompt_completion"
+    if "text" in keys:
+        return "text"
+    raise DataError(row.where, f"no 'messages', 'prompt'/'completion' or 'text' field (found: {', '.join(sorted(keys)) or 'none'})", field="messages")
+
+
+def check_messages(messages: Any, where: str, field: str = "messages", need_assistant: bool = True) -> list[dict]:
+    """A valid chat: a non-empty list of {role, content} with known roles (and an assistant turn)."""
+    if not isinstance(messages, list):
+        raise DataError(where, f"expected a list of messages, got {type(messages).__name__}", field=field)
+    if not messages:
+        raise DataError(where, "empty conversation", field=field)
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataError(where, "expected an object with 'role' and 'content'", field=f"{field}[{i}]")
+        for name in ("role", "content"):
+            if name not in message:
+                raise DataError(where, "missing", field=f"{field}[{i}].{name}")
+        if message["role"] not in ROLES:
+            raise DataError(where, f"unknown role '{message['role']}' (expected one of {', '.join(ROLES)})", field=f"{field}[{i}].role")
+        if not isinstance(message["content"], str):
+            raise DataError(where, "content must be a string", field=f"{field}[{i}].content")
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise DataError(where, "conversation has no assistant turn", field=field)
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _text(row: Row, name: str) -> str:
+    if name not in row.data:
+        raise DataError(row.where, "missing", field=name)
+    value = row.data[name]
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(row.where, "must be a non-empty string", field=name)
+    return value
+
+
+def validate(rows: list[Row]) -> tuple[str, list[dict]]:
+    """(format, canonical examples) for all rows; the first bad row raises a DataError."""
+    if not rows:
+        raise DataError("dataset", "no rows")
+    fmt = detect_format(rows[0])
+    examples = []
+    for row in rows:
+        if detect_format(row) != fmt:
+            raise DataError(row.where, f"row format '{detect_format(row)}' differs from the file's '{fmt}'")
+        if fmt == "messages":
+            examples.append({"messages": check_messages(row.data["messages"], row.where)})
+        elif fmt == "text":
+            examples.append({"text": _text(row, "text")})
+        else:
+            prompt = row.data.get("prompt")
+            if isinstance(prompt, list):
+                prompt = check_messages(prompt, row.where, "prompt", need_assistant=False)
+            else:
+                prompt = _text(row, "prompt")
+            completion = row.data.get("completion")
+            if isinstance(completion, list):
+                completion = check_messages(completion, row.where, "completion")
+            else:
+                completion = _text(row, "completion")
+            examples.append({"prompt": prompt, "completion": completion})
+    return fmt, examples
+
+
+def tokenize(example: dict, tokenizer) -> dict[str, list[int]]:
+    """input_ids and labels (IGNORE outside the tokens that carry the loss)."""
+    if "messages" in example:
+        out = tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+        if 1 not in mask:
+            raise DataError("chat template", "marks no assistant tokens: it needs {% generation %} markers for "
+                            "assistant-only loss (or use prompt/completion data)", field="chat_template")
+        return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
+    if "text" in example:
+        ids = tokenizer(example["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return {"input_ids": ids, "labels": list(ids)}
+    prompt, completion = example["prompt"], example["completion"]
+    if isinstance(prompt, list) or isinstance(completion, list):  # conversational: template, mask the prompt part
+        prompt_msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        completion_msgs = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        prompt_ids = tokenizer(format_prompt(tokenizer, prompt_msgs), add_special_tokens=False)["input_ids"]
+        full = tokenizer.apply_chat_template(prompt_msgs + completion_msgs, tokenize=False)
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {"input_ids": ids, "labels": [IGNORE] * len(prompt_ids) + ids[len(prompt_ids):]}
+
+
+@dataclass
+class LengthReport:
+    rows: int = 0
+    too_long: int = 0
+    dropped: int = 0
+
+    def __str__(self) -> str:
+        action = f"dropped {self.dropped}" if self.dropped else "truncated"
+        return f"{self.rows} rows, {self.too_long} over max_length ({action})"
+
+
+def tokenize_all(examples: list[dict], tokenizer, max_length: int | None, too_long: str) -> tuple[list[dict], LengthReport]:
+    """Tokenized examples with over-long rows truncated (keep the start) or dropped."""
+    report, out = LengthReport(rows=len(examples)), []
+    for example in examples:
+        tokens = tokenize(example, tokenizer)
+        if max_length and len(tokens["input_ids"]) > max_length:
+            report.too_long += 1
+            if too_long == "drop":
+                report.dropped += 1
+                continue
+            tokens = {k: v[:max_length] for k, v in tokens.items()}
+            if all(label == IGNORE for label in tokens["labels"]):
+                report.dropped += 1  # nothing left to learn from once the response is cut off
+                continue
+        out.append(tokens)
+    return out, report

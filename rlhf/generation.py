@@ -1,0 +1,58 @@
+"""Formatting prompts with the chat template and sampling completions (shared by every stage and tool)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Prompt = str | list[dict[str, Any]]
+
+
+def format_prompt(tokenizer, prompt: Prompt) -> str:
+    """Prompt text ready for generation: chat template with a generation prompt when the tokenizer has one.
+
+    A plain-string prompt is treated as one user turn for chat models and used verbatim otherwise.
+    """
+    if tokenizer.chat_template is None:
+        if not isinstance(prompt, str):
+            raise ValueError("message-list prompts need a tokenizer with a chat template")
+        return prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def load_for_generation(path_or_name: str):
+    """(model in eval mode, left-padding tokenizer) from a model, adapter folder or run directory."""
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(path_or_name)
+    model.eval()
+    return model, load_tokenizer(path_or_name, padding_side="left")
+
+
+def sample(model, tokenizer, prompts: list[Prompt], n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
+           top_p: float = 1.0, seed: int = 0, batch_size: int = 16) -> list[list[str]]:
+    """`n` completions for each prompt (greedy when temperature is 0), decoded without special tokens."""
+    import torch
+
+    texts = [format_prompt(tokenizer, p) for p in prompts]
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    out: list[list[str]] = [[] for _ in texts]
+    jobs = [(i, t) for i, t in enumerate(texts) for _ in range(n)]
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            batch = tokenizer([t for _, t in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                generated = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None, top_p=top_p if temperature > 0 else None,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                )
+            completions = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            for (i, _), text in zip(chunk, completions):
+                out[i].append(text)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return out

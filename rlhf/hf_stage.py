@@ -1,0 +1,197 @@
+"""What the SFT and reward stages share: stage keys, peft set-up, data splits, and a resumable run.
+
+Both stages are TRL trainers (SFTTrainer, RewardTrainer); this module adds what TRL leaves to the
+user: a run directory with metrics.jsonl, checkpoints that count only when complete, resume from
+the last complete one, early stopping on a validation split, and test-set figures at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import EarlyStoppingCallback, TrainerCallback
+
+from rlhf import runs
+from rlhf.config import key, on_gpu, save_config
+from rlhf.errors import ConfigError
+
+PEFT_METHODS = ("lora", "full", "prompt_tuning", "prefix_tuning")
+
+
+@dataclass
+class StageArgs:
+    """Keys common to the trainer-based stages (mixed into TRL's config classes)."""
+
+    model_name_or_path: str | None = key(None, "hub name, model folder, or a previous stage's run directory")
+    dataset_path: str | None = key(None, "JSONL/JSON/CSV/Parquet file or saved `datasets` folder")
+    peft_method: str = key("lora", "lora | full | prompt_tuning | prefix_tuning")
+    lora_r: int = key(16, "LoRA rank")
+    lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = key(0.0, "LoRA dropout")
+    lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
+    num_virtual_tokens: int = key(16, "virtual tokens for prompt/prefix tuning")
+    val_ratio: float = key(0.1, "fraction held out for validation when the data has no validation split")
+    test_ratio: float = key(0.1, "fraction held out for the final test when the data has no test split")
+    early_stopping_patience: int | None = key(None, "stop after this many evaluations without improvement")
+    too_long: str = key("truncate", "rows over max_length: truncate | drop (the count is reported either way)")
+    dtype: str = key("auto", "auto (bf16 on a GPU that has it, else fp32) | bfloat16 | float16 | float32")
+
+    # Trainer keys whose TRL defaults are GPU-first or unsuited to a run directory; None = resolved below.
+    bf16: bool | None = None
+    gradient_checkpointing: bool | None = None
+    learning_rate: float | None = None
+    max_length: int | None = 512
+    report_to: str | list[str] = "none"
+    logging_steps: float = 5
+    eval_strategy: str = "steps"
+    eval_steps: float = 50
+    save_steps: float = 50
+    save_total_limit: int | None = 2
+    metric_for_best_model: str | None = "eval_loss"
+    greater_is_better: bool | None = False
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.03
+
+    def apply_stage_defaults(self, default_lr: float) -> None:
+        """Resolve CPU/GPU-dependent defaults before TrainingArguments validates itself."""
+        if self.peft_method not in PEFT_METHODS:
+            raise ConfigError(f"peft_method '{self.peft_method}' is not one of {', '.join(PEFT_METHODS)}")
+        if self.too_long not in ("truncate", "drop"):
+            raise ConfigError(f"too_long '{self.too_long}' must be 'truncate' or 'drop'")
+        if self.bf16 is None:
+            self.bf16 = on_gpu() and self.dtype in ("auto", "bfloat16")
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = on_gpu()
+        if self.learning_rate is None:
+            self.learning_rate = 2e-5 if self.peft_method == "full" else default_lr
+        if self.val_ratio <= 0:
+            self.eval_strategy = "no"
+        if self.eval_strategy != "no" and self.save_strategy == "steps" and self.save_steps % self.eval_steps:
+            self.save_steps = self.eval_steps * max(1, round(self.save_steps / self.eval_steps))
+        self.load_best_model_at_end = self.eval_strategy != "no"
+        if self.early_stopping_patience and self.eval_strategy == "no":
+            raise ConfigError("early_stopping_patience needs a validation split (val_ratio > 0)")
+
+
+def peft_config(args: StageArgs, task_type: str):
+    """peft config for the stage's method (None for full fine-tuning)."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
+
+    if args.peft_method == "full":
+        return None
+    if args.peft_method == "lora":
+        target = args.lora_target_modules
+        modules_to_save = ["score"] if task_type == "SEQ_CLS" else None
+        return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                          target_modules=target, task_type=task_type, modules_to_save=modules_to_save)
+    if args.peft_method == "prompt_tuning":
+        return PromptTuningConfig(num_virtual_tokens=args.num_virtual_tokens, task_type=task_type)
+    return PrefixTuningConfig(num_virtual_tokens=args.num_virtual_tokens, task_type=task_type)
+
+
+def split(rows: list, splits: dict[str, list], val_ratio: float, test_ratio: float, seed: int) -> dict[str, list]:
+    """train/validation/test: explicit splits when the source has them, else a seeded ratio split."""
+    import random
+
+    explicit = {name: data for name, data in splits.items() if name in ("validation", "test")}
+    if explicit:
+        return {"train": splits.get("train", rows), "validation": explicit.get("validation", []), "test": explicit.get("test", [])}
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_test = int(round(len(rows) * test_ratio))
+    n_val = int(round(len(rows) * val_ratio))
+    if val_ratio > 0 and n_val == 0 and len(rows) > 2:
+        n_val = 1
+    if test_ratio > 0 and n_test == 0 and len(rows) > 2:
+        n_test = 1
+    pick = lambda ids: [rows[i] for i in sorted(ids)]  # noqa: E731 - keep the file's order inside a split
+    return {"test": pick(order[:n_test]), "validation": pick(order[n_test:n_test + n_val]),
+            "train": pick(order[n_test + n_val:])}
+
+
+class RunDirCallback(TrainerCallback):
+    """metrics.jsonl from the trainer's logs, and a COMPLETE marker once a checkpoint is fully saved."""
+
+    def __init__(self, run_dir: Path):
+        self.metrics = runs.MetricsFile(run_dir)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.metrics.log(state.global_step, metric_names(logs))
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            runs.mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+def metric_names(logs: dict[str, Any]) -> dict[str, Any]:
+    """HF log keys to the project's names: loss -> train/loss, eval_loss -> eval/loss, test_x -> test/x."""
+    out = {}
+    for name, value in logs.items():
+        if name.startswith("eval_"):
+            out["eval/" + name[5:]] = value
+        elif name.startswith("test_"):
+            out["test/" + name[5:]] = value
+        elif not name.startswith(("train_runtime", "train_samples", "train_steps", "total_flos")):
+            out["train/" + name.removeprefix("train_")] = value
+    return out
+
+
+def prepare_run_dir(config, stage: str) -> tuple[Path, Path | None]:
+    """Write config.yaml, point the trainer at checkpoints/, and find the checkpoint to resume from."""
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    runs.setup_tracking(config.report_to, run_dir, stage)
+    config.output_dir = str(run_dir / runs.CHECKPOINTS)
+    config.logging_dir = str(run_dir / "tensorboard")
+    if not config.run_name or config.run_name == str(run_dir / runs.CHECKPOINTS):
+        config.run_name = f"{run_dir.name}-{stage}"
+    for broken in runs.discard_incomplete_checkpoints(run_dir):
+        print(f"removed incomplete checkpoint {broken}")
+    resume = runs.last_checkpoint(run_dir)
+    runs.MetricsFile(run_dir).truncate_after(runs.checkpoint_step(resume) if resume else 0)
+    if resume:
+        print(f"resuming from {resume}")
+    return run_dir, resume
+
+
+def train_and_finish(trainer, run_dir: Path, resume: Path | None, test_dataset, tokenizer, extra_summary: dict) -> dict:
+    """Train (resuming if asked), save `final/` atomically, evaluate on the test split, write summary.json."""
+    callbacks = [RunDirCallback(run_dir)]
+    if trainer.args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(trainer.args.early_stopping_patience))
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss, **extra_summary}
+    if test_dataset is not None and len(test_dataset):
+        test = trainer.evaluate(test_dataset, metric_key_prefix="test")
+        summary.update(metric_names(test))  # the trainer already logged these to metrics.jsonl
+        if "test_loss" in test:
+            summary["test/perplexity"] = math.exp(min(test["test_loss"], 50.0))
+            if trainer.is_world_process_zero():
+                runs.MetricsFile(run_dir).log(trainer.state.global_step, {"test/perplexity": summary["test/perplexity"]})
+    trainer.accelerator.wait_for_everyone()
+    save_final(trainer, run_dir, tokenizer)
+    if trainer.is_world_process_zero():
+        runs.write_summary(run_dir, summary)
+    return summary
+
+
+def save_final(trainer, run_dir: Path, tokenizer) -> None:
+    """Every process takes part in saving (ZeRO-3 gathers shards); the main one renames into place."""
+    final, tmp = run_dir / runs.FINAL, run_dir / (runs.FINAL + ".tmp")
+    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "README.md").unlink(missing_ok=True)  # TRL's model card names machine paths
+        if final.exists():
+            import shutil
+
+            shutil.rmtree(final)
+        tmp.rename(final)
+    trainer.accelerator.wait_for_everyone()

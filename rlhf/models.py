@@ -1,0 +1,107 @@
+"""Loading models and tokenizers from a hub name, a model folder, or a previous stage's run directory.
+
+A run directory's `final/` holds either full weights or a peft adapter (with the base's name or
+path recorded in `adapter_config.json`); both resolve here to "base + optional adapter".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhf.errors import ConfigError
+
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    base: str  # hub name or folder with full weights
+    adapter: str | None  # folder with a peft adapter on top of `base`, if any
+    tokenizer: str  # where the tokenizer lives
+
+
+def resolve(path_or_name: str) -> ModelSource:
+    """Resolve a run directory, a model/adapter folder, or a hub name."""
+    path = Path(path_or_name)
+    if (path / FINAL).is_dir():
+        path = path / FINAL
+    elif path.is_dir() and (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        raise ConfigError(f"{path_or_name}: run directory has no `{FINAL}/` yet (did that stage finish?)")
+    if (path / "adapter_config.json").is_file():
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        inner = resolve(base)  # the base may itself be base + adapter (e.g. PPO on an SFT adapter)
+        if inner.adapter is not None:
+            raise ConfigError(f"{path}: adapter on top of another adapter; export the base with `rlhf export` first")
+        tokenizer = str(path) if (path / "tokenizer_config.json").is_file() else inner.tokenizer
+        return ModelSource(inner.base, str(path), tokenizer)
+    return ModelSource(str(path) if path.exists() else path_or_name, None, str(path) if path.exists() else path_or_name)
+
+
+def load_tokenizer(source: str | ModelSource, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    src = source if isinstance(source, ModelSource) else resolve(source)
+    tokenizer = AutoTokenizer.from_pretrained(src.tokenizer)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:  # many base models ship without one; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def load_causal_lm(path_or_name: str, dtype: str = "auto", merge: bool = True):
+    """Base causal LM with the run's adapter applied; LoRA adapters are merged into the weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    src = resolve(path_or_name)
+    model = AutoModelForCausalLM.from_pretrained(src.base, dtype=torch_dtype(dtype))
+    if src.adapter:
+        model = PeftModel.from_pretrained(model, src.adapter)
+        if merge and model.peft_config["default"].peft_type.value == "LORA":
+            model = model.merge_and_unload()
+    return model
+
+
+def load_sequence_classifier(path_or_name: str, dtype: str = "auto"):
+    """A scalar-output model (reward/value) built on a causal LM base, with any causal-LM adapter merged.
+
+    A run directory from SFT holds a causal-LM LoRA adapter: its body weights are merged first,
+    then the causal LM's body is loaded into the classifier, which gets a fresh `score` head.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    src = resolve(path_or_name)
+    model = AutoModelForSequenceClassification.from_pretrained(src.base, num_labels=1, dtype=torch_dtype(dtype))
+    if src.adapter:
+        merged = load_causal_lm(path_or_name, dtype)
+        body = {k: v for k, v in merged.state_dict().items() if not k.startswith(_lm_head_names(merged))}
+        missing, unexpected = model.load_state_dict(body, strict=False)
+        if unexpected or any(not k.startswith("score") for k in missing):
+            raise ConfigError(f"{path_or_name}: adapter body does not match the classifier ({unexpected[:3]} {missing[:3]})")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = load_tokenizer(src).pad_token_id
+    return model
+
+
+def _lm_head_names(model) -> tuple[str, ...]:
+    head = model.get_output_embeddings()
+    return tuple(name for name, module in model.named_modules() if module is head and name)
+
+
+def disable_dropout(model) -> None:
+    """Dropout off everywhere: RL log-prob ratios and reward scores must be deterministic."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

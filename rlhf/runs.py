@@ -1,0 +1,148 @@
+"""Run directories: resolved config, metrics.jsonl, atomic checkpoints, resume, final output, trackers.
+
+Layout of `runs/<name>/`:
+  config.yaml            resolved config of the latest start
+  metrics.jsonl          one JSON object per logged step: {"step": N, "train/loss": ..., ...}
+  checkpoints/checkpoint-N/   complete only once it holds the COMPLETE marker (written last)
+  final/                 the result; renamed into place after it is fully written
+  summary.json           written last: its presence means the stage finished
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+COMPLETE = "COMPLETE"
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / SUMMARY).is_file()
+
+
+def checkpoint_step(path: Path) -> int:
+    match = _CKPT.match(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints that were fully written, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if checkpoint_step(p) >= 0 and (p / COMPLETE).is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def discard_incomplete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Remove checkpoint folders a crash left half-written (no COMPLETE marker); returns them."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    broken = [p for p in root.iterdir() if p.is_dir() and not (p / COMPLETE).is_file()]
+    for path in broken:
+        shutil.rmtree(path, ignore_errors=True)
+    return broken
+
+
+def mark_complete(checkpoint_dir: str | Path) -> None:
+    (Path(checkpoint_dir) / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+
+
+class MetricsFile:
+    """Append-only `metrics.jsonl`; on resume, entries after the checkpoint's step are dropped first."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / METRICS
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path.with_name(METRICS + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": int(step), **{k: _number(v) for k, v in metrics.items()}}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _number(value: Any) -> Any:
+    try:
+        return float(value) if not isinstance(value, (int, str)) else value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@contextmanager
+def atomic_dir(target: str | Path):
+    """Yield a temporary folder; on success it replaces `target` in one rename."""
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    if target.exists():
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / SUMMARY).read_text())
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
+    path = Path(run_dir) / SUMMARY
+    tmp = path.with_name(SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def setup_tracking(report_to: list[str] | str, run_dir: str | Path, stage: str) -> None:
+    """Environment for the trackers: W&B offline (inside the run dir) when no API key is configured."""
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if "wandb" not in targets and "all" not in targets:
+        return
+    os.environ.setdefault("WANDB_PROJECT", "rlhf")
+    os.environ.setdefault("WANDB_DIR", str(Path(run_dir).resolve()))
+    os.environ.setdefault("WANDB_NAME", f"{Path(run_dir).name}-{stage}")
+    os.environ.setdefault("WANDB_JOB_TYPE", stage)
+    if not os.environ.get("WANDB_API_KEY") and not _wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+        print(f"W&B: no API key found, logging offline under {run_dir}/wandb; upload later with "
+              f"`wandb sync {run_dir}/wandb/offline-run-*`")
+
+
+def _wandb_logged_in() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")

@@ -1,0 +1,78 @@
+"""`rlhf sft --config FILE.yaml [--key value ...]`: supervised fine-tuning with TRL's SFTTrainer.
+
+Reads demonstrations (see rlhf.demos), splits them, trains a LoRA adapter (or full weights, prompt
+or prefix tuning) and writes a run directory (see rlhf.runs) that the reward and PPO stages read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trl import SFTConfig
+
+from rlhf import demos, hf_stage, io, runs
+from rlhf.config import load_config, wants_help
+from rlhf.errors import ConfigError
+
+
+@dataclass
+class SFTStageConfig(hf_stage.StageArgs, SFTConfig):
+    """SFT keys: the stage keys (see hf_stage.StageArgs) plus every key of TRL's SFTConfig."""
+
+    output_dir: str = "runs/sft"
+
+    def __post_init__(self):
+        self.apply_stage_defaults(default_lr=2e-4)
+        super().__post_init__()
+
+
+def build_datasets(config: SFTStageConfig, tokenizer):
+    """Tokenized train/validation/test `datasets.Dataset`s and the length report."""
+    import datasets
+
+    if not config.dataset_path:
+        raise ConfigError("dataset_path is not set")
+    splits = io.read_splits(config.dataset_path)
+    checked = {name: demos.validate(rows)[1] for name, rows in splits.items()}
+    parts = hf_stage.split(checked.get("train", []), checked, config.val_ratio, config.test_ratio, config.seed)
+    out, reports = {}, {}
+    for name, examples in parts.items():
+        tokens, reports[name] = demos.tokenize_all(examples, tokenizer, config.max_length, config.too_long)
+        out[name] = datasets.Dataset.from_list(tokens) if tokens else None
+    return out, reports
+
+
+def run(config: SFTStageConfig) -> dict:
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    if not config.model_name_or_path:
+        raise ConfigError("model_name_or_path is not set")
+    if runs.is_finished(config.output_dir):
+        print(f"{config.output_dir} is already finished (summary.json); nothing to do")
+        return runs.read_summary(config.output_dir)
+    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="right")
+    data, reports = build_datasets(config, tokenizer)  # bad rows fail here, before any model is loaded
+    for name, report in reports.items():
+        print(f"{name}: {report}")
+    run_dir, resume = hf_stage.prepare_run_dir(config, "sft")
+    set_seed(config.seed)  # before peft wraps the model: LoRA's initial weights come from this seed
+    model = load_causal_lm(config.model_name_or_path, config.dtype)
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=data["train"], eval_dataset=data["validation"],
+        processing_class=tokenizer, peft_config=hf_stage.peft_config(config, "CAUSAL_LM"),
+    )
+    lengths = {f"{name}_rows": r.rows for name, r in reports.items()}
+    lengths.update({f"{name}_too_long": r.too_long for name, r in reports.items()})
+    lengths.update({f"{name}_dropped": r.dropped for name, r in reports.items()})
+    return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": lengths})
+
+
+def main(argv: list[str]) -> int:
+    if wants_help(argv, SFTStageConfig, __doc__.splitlines()[0]):
+        return 0
+    summary = run(load_config(SFTStageConfig, argv))
+    print({k: v for k, v in summary.items() if k != "data"})
+    return 0
