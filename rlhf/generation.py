@@ -32,12 +32,20 @@ def load_for_generation(path_or_name: str):
 def sample(model, tokenizer, prompts: list[Prompt], n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
            top_p: float = 1.0, seed: int = 0, batch_size: int = 16) -> list[list[str]]:
     """`n` completions for each prompt (greedy when temperature is 0), decoded without special tokens."""
+    tokens = sample_tokens(model, tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size)
+    return [tokenizer.batch_decode(ids, skip_special_tokens=True) for ids in tokens]
+
+
+def sample_tokens(model, tokenizer, prompts: list[Prompt], n: int = 1, max_new_tokens: int = 64,
+                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                  batch_size: int = 16) -> list[list[list[int]]]:
+    """Token ids of `n` completions for each prompt, up to and including the first EOS (no padding)."""
     import torch
 
     texts = [format_prompt(tokenizer, p) for p in prompts]
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    out: list[list[str]] = [[] for _ in texts]
+    out: list[list[list[int]]] = [[] for _ in texts]
     jobs = [(i, t) for i, t in enumerate(texts) for _ in range(n)]
     device = next(model.parameters()).device
     try:
@@ -50,9 +58,12 @@ def sample(model, tokenizer, prompts: list[Prompt], n: int = 1, max_new_tokens: 
                     temperature=temperature if temperature > 0 else None, top_p=top_p if temperature > 0 else None,
                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 )
-            completions = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            for (i, _), text in zip(chunk, completions):
-                out[i].append(text)
+            for (i, _), ids in zip(chunk, generated[:, batch["input_ids"].shape[1]:].tolist()):
+                out[i].append(_until_eos(ids, tokenizer.eos_token_id))
     finally:
         torch.random.set_rng_state(generator_state)
     return out
+
+
+def _until_eos(ids: list[int], eos_id: int) -> list[int]:
+    return ids[:ids.index(eos_id) + 1] if eos_id in ids else ids

@@ -135,7 +135,7 @@ def metric_names(logs: dict[str, Any]) -> dict[str, Any]:
             out["eval/" + name[5:]] = value
         elif name.startswith("test_"):
             out["test/" + name[5:]] = value
-        elif not name.startswith(("train_runtime", "train_samples", "train_steps", "total_flos")):
+        elif not name.startswith(("train_runtime", "train_samples", "train_steps", "train_loss", "total_flos")):
             out["train/" + name.removeprefix("train_")] = value
     return out
 
@@ -159,9 +159,14 @@ def prepare_run_dir(config, stage: str) -> tuple[Path, Path | None]:
     return run_dir, resume
 
 
-def train_and_finish(trainer, run_dir: Path, resume: Path | None, test_dataset, tokenizer, extra_summary: dict) -> dict:
-    """Train (resuming if asked), save `final/` atomically, evaluate on the test split, write summary.json."""
-    callbacks = [RunDirCallback(run_dir)]
+def train_and_finish(trainer, run_dir: Path, resume: Path | None, test_dataset, tokenizer, extra_summary: dict,
+                     callbacks: tuple = (), perplexity: bool = True, after_test=None) -> dict:
+    """Train (resuming if asked), save `final/` atomically, evaluate on the test split, write summary.json.
+
+    `perplexity`: report exp(test loss) (language-model stages). `after_test(trainer) -> dict`: the stage's own
+    finishing work (e.g. reward statistics), run by every process before `final/`; its result joins the summary.
+    """
+    callbacks = [RunDirCallback(run_dir), *callbacks]
     if trainer.args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(trainer.args.early_stopping_patience))
     for cb in callbacks:
@@ -171,10 +176,12 @@ def train_and_finish(trainer, run_dir: Path, resume: Path | None, test_dataset, 
     if test_dataset is not None and len(test_dataset):
         test = trainer.evaluate(test_dataset, metric_key_prefix="test")
         summary.update(metric_names(test))  # the trainer already logged these to metrics.jsonl
-        if "test_loss" in test:
+        if perplexity and "test_loss" in test:
             summary["test/perplexity"] = math.exp(min(test["test_loss"], 50.0))
             if trainer.is_world_process_zero():
                 runs.MetricsFile(run_dir).log(trainer.state.global_step, {"test/perplexity": summary["test/perplexity"]})
+    if after_test is not None:
+        summary.update(after_test(trainer))
     trainer.accelerator.wait_for_everyone()
     save_final(trainer, run_dir, tokenizer)
     if trainer.is_world_process_zero():

@@ -23,14 +23,17 @@ class Row:
     data: dict[str, Any]
 
 
-def read_rows(path: str | Path) -> list[Row]:
+def read_rows(path: str | Path, bad_lines: list[DataError] | None = None) -> list[Row]:
     """All records of a data file or a saved `datasets` folder (train split if it has splits)."""
-    splits = read_splits(path)
+    splits = read_splits(path, bad_lines)
     return splits.get("train") or next(iter(splits.values()), [])
 
 
-def read_splits(path: str | Path) -> dict[str, list[Row]]:
-    """Records by split. A single file is one split, `train`; a DatasetDict folder keeps its splits."""
+def read_splits(path: str | Path, bad_lines: list[DataError] | None = None) -> dict[str, list[Row]]:
+    """Records by split. A single file is one split, `train`; a DatasetDict folder keeps its splits.
+
+    With a `bad_lines` list, malformed JSONL lines are appended to it (to be counted and reported) instead of raised.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(str(path), "file not found")
@@ -38,7 +41,7 @@ def read_splits(path: str | Path) -> dict[str, list[Row]]:
         return _read_datasets_folder(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return {"train": _read_jsonl(path)}
+        return {"train": _read_jsonl(path, bad_lines)}
     if suffix == ".json":
         return {"train": _read_json(path)}
     if suffix == ".csv":
@@ -48,7 +51,7 @@ def read_splits(path: str | Path) -> dict[str, list[Row]]:
     raise DataError(str(path), f"unsupported file type '{suffix}' (expected one of {', '.join(SUFFIXES)} or a datasets folder)")
 
 
-def _read_jsonl(path: Path) -> list[Row]:
+def _read_jsonl(path: Path, bad_lines: list[DataError] | None = None) -> list[Row]:
     rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -59,13 +62,22 @@ def _read_jsonl(path: Path) -> list[Row]:
             continue
         where = f"{path}:{number}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(where, f"malformed JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(record, dict):
-            raise DataError(where, f"expected a JSON object, got {type(record).__name__}")
-        rows.append(Row(where, record))
+            rows.append(Row(where, _json_object(line, where)))
+        except DataError as error:
+            if bad_lines is None:
+                raise
+            bad_lines.append(error)
     return rows
+
+
+def _json_object(line: str, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(where, f"malformed JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(record, dict):
+        raise DataError(where, f"expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def _read_json(path: Path) -> list[Row]:

@@ -20,6 +20,7 @@ class ModelSource:
     base: str  # hub name or folder with full weights
     adapter: str | None  # folder with a peft adapter on top of `base`, if any
     tokenizer: str  # where the tokenizer lives
+    merged: tuple[str, ...] = ()  # LoRA adapters merged into `base` first, in order (e.g. SFT under a PPO adapter)
 
 
 def resolve(path_or_name: str) -> ModelSource:
@@ -32,10 +33,11 @@ def resolve(path_or_name: str) -> ModelSource:
     if (path / "adapter_config.json").is_file():
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         inner = resolve(base)  # the base may itself be base + adapter (e.g. PPO on an SFT adapter)
-        if inner.adapter is not None:
-            raise ConfigError(f"{path}: adapter on top of another adapter; export the base with `rlhf export` first")
+        if inner.adapter is not None and not _is_lora(inner.adapter):
+            raise ConfigError(f"{path}: adapter on top of a non-LoRA adapter; export the base with `rlhf export` first")
         tokenizer = str(path) if (path / "tokenizer_config.json").is_file() else inner.tokenizer
-        return ModelSource(inner.base, str(path), tokenizer)
+        merged = inner.merged + ((inner.adapter,) if inner.adapter else ())
+        return ModelSource(inner.base, str(path), tokenizer, merged)
     return ModelSource(str(path) if path.exists() else path_or_name, None, str(path) if path.exists() else path_or_name)
 
 
@@ -65,11 +67,17 @@ def load_causal_lm(path_or_name: str, dtype: str = "auto", merge: bool = True):
 
     src = resolve(path_or_name)
     model = AutoModelForCausalLM.from_pretrained(src.base, dtype=torch_dtype(dtype))
+    for adapter in src.merged:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     if src.adapter:
         model = PeftModel.from_pretrained(model, src.adapter)
         if merge and model.peft_config["default"].peft_type.value == "LORA":
             model = model.merge_and_unload()
     return model
+
+
+def _is_lora(adapter_dir: str) -> bool:
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_type") == "LORA"
 
 
 def load_sequence_classifier(path_or_name: str, dtype: str = "auto"):
@@ -88,6 +96,7 @@ def load_sequence_classifier(path_or_name: str, dtype: str = "auto"):
         missing, unexpected = model.load_state_dict(body, strict=False)
         if unexpected or any(not k.startswith("score") for k in missing):
             raise ConfigError(f"{path_or_name}: adapter body does not match the classifier ({unexpected[:3]} {missing[:3]})")
+        model.name_or_path = path_or_name  # adapters trained on top record the run (not the bare base) as base
     if model.config.pad_token_id is None:
         model.config.pad_token_id = load_tokenizer(src).pad_token_id
     return model

@@ -12,7 +12,7 @@ from trl import SFTConfig
 
 from rlhf import demos, hf_stage, io, runs
 from rlhf.config import load_config, wants_help
-from rlhf.errors import ConfigError
+from rlhf.errors import ConfigError, DataError
 
 
 @dataclass
@@ -39,10 +39,13 @@ def build_datasets(config: SFTStageConfig, tokenizer):
     for name, examples in parts.items():
         tokens, reports[name] = demos.tokenize_all(examples, tokenizer, config.max_length, config.too_long)
         out[name] = datasets.Dataset.from_list(tokens) if tokens else None
+    if out["train"] is None:
+        raise DataError(config.dataset_path, f"no training rows left ({reports['train']}; max_length={config.max_length})")
     return out, reports
 
 
-def run(config: SFTStageConfig) -> dict:
+def run(config: SFTStageConfig, callbacks: tuple = ()) -> dict:
+    """Train and write the run directory; `callbacks` are extra transformers TrainerCallbacks."""
     from transformers import set_seed
     from trl import SFTTrainer
 
@@ -67,7 +70,8 @@ def run(config: SFTStageConfig) -> dict:
     lengths = {f"{name}_rows": r.rows for name, r in reports.items()}
     lengths.update({f"{name}_too_long": r.too_long for name, r in reports.items()})
     lengths.update({f"{name}_dropped": r.dropped for name, r in reports.items()})
-    return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": lengths})
+    return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": lengths},
+                                      callbacks)
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,6 @@
 """Sample responses from a policy and turn them into pairs to label.
 
-Every two distinct completions of a prompt make one pair: n=2 gives one pair per prompt, n=4 six.
+Every two distinct completions of a prompt make one pair: n=2 gives (at most) one pair per prompt, n=4 six.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class Sampling:
 
 
 def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> tuple[list[Pair], int]:
-    """Pairs of completions from `model` (a run directory or model name); also returns how many
-    candidate pairs were dropped because a completion was empty or both were the same."""
+    """Pairs of completions from `model` (a run directory or model name), and how many completions
+    were left out for being empty or repeating an earlier completion of the same prompt."""
     if sampling.n < 2:
         raise ConfigError(f"--n must be at least 2 to make a pair, got {sampling.n}")
     prompts = [check_prompt(row) for row in read_rows(prompts_path)]
@@ -45,9 +45,11 @@ def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> 
     )
     pairs, dropped = [], 0
     for prompt, outputs in zip(prompts, completions):
-        for first, second in combinations(outputs, 2):
-            if not first.strip() or not second.strip() or first.strip() == second.strip():
-                dropped += 1
-                continue
+        distinct: dict[str, str] = {}
+        for output in outputs:
+            if output.strip():
+                distinct.setdefault(output.strip(), output)
+        dropped += len(outputs) - len(distinct)
+        for first, second in combinations(distinct.values(), 2):
             pairs.append(Pair(prompt, first, second, model_a=str(model), model_b=str(model)))
     return pairs, dropped

@@ -47,7 +47,7 @@ def simulate_annotators(
         raise ConfigError(f"need at least one simulated annotator, got {n_annotators}")
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be a probability in [0, 1], got {noise}")
-    store = Store(db_path)
+    store = Store(db_path, create=False)
     rng = random.Random(seed)
     active = []
     for i in range(1, n_annotators + 1):

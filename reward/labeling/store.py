@@ -1,6 +1,6 @@
 """The labeling database: pairs to compare, annotators, append-only labels and short-lived assignments.
 
-Every method opens its own SQLite connection, so one `Store` can be shared by the threads of a web
+Each thread gets its own SQLite connection, so one `Store` can be shared by the threads of a web
 server. Writes run in `BEGIN IMMEDIATE` transactions in WAL mode with `synchronous=FULL`: once a
 method has returned, its write survives the process being killed.
 """
@@ -12,6 +12,7 @@ import json
 import random
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -200,6 +201,7 @@ class Store:
     def __init__(self, path: str | Path, create: bool = True, reserve_seconds: float = RESERVE_SECONDS):
         self.path = Path(path)
         self.reserve_seconds = reserve_seconds
+        self._local = threading.local()
         if not create and not self.path.exists():
             raise LabelingError(f"{self.path}: no labeling database here (create one with `rlhf label import`)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,17 +215,25 @@ class Store:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        except sqlite3.Error as e:
-            raise LabelingError(f"{self.path}: cannot open database: {e}") from e
-        try:
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            yield conn
-        finally:
+        """This thread's connection, opened on first use and kept: reopening costs a WAL checkpoint each time."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.Error as e:
+                raise LabelingError(f"{self.path}: cannot open database: {e}") from e
+            self._local.conn = conn
+        yield conn
+
+    def close(self) -> None:
+        """Close the calling thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
             conn.close()
+            self._local.conn = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,384 @@
+// The labeling page: sign in with a token, then label the pairs of your queue, keyboard first.
+// Model text is only ever set with textContent, so markup in it shows as text and never runs.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "labeling-token";
+  const CHOICE_KEYS = { "1": "left", "2": "right", "3": "tie", "4": "both_bad" };
+  const STRENGTH_KEYS = { q: "1", w: "2", e: "3" };
+  const $ = (id) => document.getElementById(id);
+  const state = { pair: null, shownAt: 0, busy: false, guidelinesLoaded: false };
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  // ---- HTTP: the token travels only in the Authorization header ----
+
+  function errorText(data, fallback) {
+    if (!data || data.detail === undefined) return fallback;
+    if (Array.isArray(data.detail)) return data.detail.map((d) => d.msg).join("; ");
+    return String(data.detail);
+  }
+
+  async function api(path, body) {
+    const headers = { Authorization: "Bearer " + sessionStorage.getItem(TOKEN_KEY) };
+    const options = { headers, cache: "no-store", credentials: "omit" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      options.method = "POST";
+      options.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, options);
+    const data = await response.json().catch(() => null);
+    if (response.status === 401) {
+      signOut("That token was not accepted. Please sign in again.");
+    }
+    if (!response.ok) throw new ApiError(response.status, errorText(data, response.statusText));
+    return data;
+  }
+
+  // ---- views ----
+
+  function show(view) {
+    for (const id of ["login-view", "task-view", "done-view"]) $(id).hidden = id !== view;
+    const signedIn = view !== "login-view";
+    $("account").hidden = !signedIn;
+    $("progress").hidden = !signedIn;
+  }
+
+  let toastTimer = 0;
+  function toast(message, isError = false) {
+    const box = $("toast");
+    box.textContent = message;
+    box.classList.toggle("error", isError);
+    box.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { box.hidden = true; }, isError ? 5000 : 1800);
+  }
+
+  function showProgress(progress) {
+    const total = progress.labeled + progress.skipped + progress.remaining;
+    const done = progress.labeled + progress.skipped;
+    let text = `${progress.labeled} labeled · ${progress.remaining} to go`;
+    if (progress.skipped) text += ` · ${progress.skipped} skipped`;
+    $("progress-text").textContent = text;
+    $("progress-fill").style.width = total ? `${(100 * done) / total}%` : "0%";
+  }
+
+  function textBlock(text, className = "text") {
+    const div = document.createElement("div");
+    div.className = className;
+    div.textContent = text;
+    return div;
+  }
+
+  function renderPrompt(prompt) {
+    const box = $("prompt");
+    box.replaceChildren();
+    if (typeof prompt === "string") {
+      box.append(textBlock(prompt));
+      return;
+    }
+    for (const message of prompt) {
+      const turn = document.createElement("div");
+      turn.className = "message";
+      turn.dataset.role = message.role;
+      turn.append(textBlock(message.role, "role"), textBlock(message.content));
+      box.append(turn);
+    }
+  }
+
+  function showPair(pair) {
+    state.pair = pair;
+    renderPrompt(pair.prompt);
+    $("left").textContent = pair.left;
+    $("right").textContent = pair.right;
+    $("decision").reset();
+    updateDecision();
+    show("task-view");
+    window.scrollTo(0, 0);
+    for (const id of ["left", "right"]) $(id).scrollTop = 0;
+    state.shownAt = performance.now();
+  }
+
+  // ---- the decision form ----
+
+  function selected(name) {
+    const input = document.querySelector(`input[name="${name}"]:checked`);
+    return input ? input.value : null;
+  }
+
+  function updateDecision() {
+    const choice = selected("choice");
+    const preference = choice === "left" || choice === "right";
+    $("strength").disabled = !preference;
+    if (!preference) for (const input of document.querySelectorAll('input[name="strength"]')) input.checked = false;
+    $("card-left").classList.toggle("chosen", choice === "left");
+    $("card-right").classList.toggle("chosen", choice === "right");
+    $("submit").disabled = choice === null;
+  }
+
+  function choose(choice) {
+    $(`choice-${choice}`).checked = true;
+    updateDecision();
+  }
+
+  function setStrength(value) {
+    if ($("strength").disabled) {
+      toast("Strength goes with A or B: pick one first (1 or 2).");
+      return;
+    }
+    $(`strength-${value}`).checked = true;
+  }
+
+  async function sendLabel(label) {
+    if (state.busy || !state.pair) return;
+    state.busy = true;
+    const timeMs = Math.round(performance.now() - state.shownAt);
+    try {
+      const result = await api("/api/labels", { pair_id: state.pair.id, time_ms: timeMs, ...label });
+      showProgress(result.progress);
+      toast(label.choice === "skip" ? "Skipped" : "Saved");
+      await loadNext();
+    } catch (error) {
+      if (error.status === 409) {
+        toast(error.message, true);
+        await loadNext();
+      } else if (error.status !== 401) {
+        toast(`Could not save: ${error.message}`, true);
+      }
+    } finally {
+      state.busy = false;
+    }
+  }
+
+  function submit() {
+    const choice = selected("choice");
+    if (!choice) {
+      toast("Pick A, B, tie or both bad first (keys 1–4).");
+      return;
+    }
+    const strength = selected("strength");
+    sendLabel({ choice, strength: strength ? Number(strength) : null, reason: $("reason").value.trim() });
+  }
+
+  // ---- skipping ----
+
+  function openSkip() {
+    if (!state.pair) return;
+    $("skip-form").reset();
+    $("skip-dialog").showModal();
+    $("skip-reason").focus();
+  }
+
+  function confirmSkip(event) {
+    event.preventDefault();
+    const details = $("skip-details").value.trim();
+    const reason = $("skip-reason").value + (details ? `: ${details}` : "");
+    $("skip-dialog").close();
+    sendLabel({ choice: "skip", strength: null, reason });
+  }
+
+  // ---- guidelines: a small, safe markdown subset built with DOM nodes ----
+
+  function appendInline(parent, text) {
+    const pattern = /(\*\*[^*]+\*\*|`[^`]+`|\*[^*\s][^*]*\*|\[[^\]]+\]\([^)\s]+\))/g;
+    let last = 0;
+    for (const match of text.matchAll(pattern)) {
+      parent.append(text.slice(last, match.index));
+      const token = match[0];
+      let node;
+      if (token.startsWith("**")) {
+        node = document.createElement("strong");
+        node.textContent = token.slice(2, -2);
+      } else if (token.startsWith("`")) {
+        node = document.createElement("code");
+        node.textContent = token.slice(1, -1);
+      } else if (token.startsWith("[")) {
+        const [, label, url] = token.match(/^\[([^\]]+)\]\(([^)\s]+)\)$/);
+        node = document.createElement(/^https?:\/\//.test(url) ? "a" : "span");
+        node.textContent = label;
+        if (node.tagName === "A") {
+          node.href = url;
+          node.rel = "noopener noreferrer";
+          node.target = "_blank";
+        }
+      } else {
+        node = document.createElement("em");
+        node.textContent = token.slice(1, -1);
+      }
+      parent.append(node);
+      last = match.index + token.length;
+    }
+    parent.append(text.slice(last));
+  }
+
+  function renderMarkdown(markdown, container) {
+    container.replaceChildren();
+    let paragraph = null;
+    let list = null;
+    let code = null;
+    const close = () => { paragraph = null; list = null; };
+    for (const line of markdown.split(/\r?\n/)) {
+      if (code) {
+        if (line.trim().startsWith("```")) code = null;
+        else code.textContent += line + "\n";
+        continue;
+      }
+      if (line.trim().startsWith("```")) {
+        close();
+        const pre = document.createElement("pre");
+        code = document.createElement("code");
+        pre.append(code);
+        container.append(pre);
+        continue;
+      }
+      const heading = line.match(/^(#{1,4})\s+(.*)$/);
+      const item = line.match(/^\s*(?:([-*+])|(\d+)[.)])\s+(.*)$/);
+      if (!line.trim()) {
+        close();
+      } else if (heading) {
+        close();
+        const h = document.createElement(`h${Math.min(heading[1].length + 2, 6)}`);
+        appendInline(h, heading[2]);
+        container.append(h);
+      } else if (item) {
+        const tag = item[1] ? "ul" : "ol";
+        if (!list || list.tagName.toLowerCase() !== tag) {
+          close();
+          list = document.createElement(tag);
+          container.append(list);
+        }
+        const li = document.createElement("li");
+        appendInline(li, item[3]);
+        list.append(li);
+      } else if (list && /^\s{2,}/.test(line)) {
+        appendInline(list.lastElementChild, " " + line.trim());
+      } else {
+        if (!paragraph) {
+          close();
+          paragraph = document.createElement(line.startsWith(">") ? "blockquote" : "p");
+          container.append(paragraph);
+        } else {
+          paragraph.append(" ");
+        }
+        appendInline(paragraph, line.replace(/^>\s?/, ""));
+      }
+    }
+  }
+
+  async function toggleGuidelines(open = $("guidelines").hidden) {
+    if (open && !state.guidelinesLoaded) {
+      const data = await api("/api/guidelines");
+      renderMarkdown(data.markdown, $("guidelines-body"));
+      state.guidelinesLoaded = true;
+    }
+    $("guidelines").hidden = !open;
+    $("guidelines-button").setAttribute("aria-expanded", String(open));
+    document.body.classList.toggle("with-drawer", open);
+  }
+
+  // ---- session ----
+
+  async function loadNext() {
+    const data = await api("/api/next");
+    showProgress(data.progress);
+    if (data.pair) {
+      showPair(data.pair);
+    } else {
+      state.pair = null;
+      show("done-view");
+    }
+  }
+
+  async function start() {
+    const me = await api("/api/me");
+    $("who").textContent = me.name;
+    showProgress(me.progress);
+    await loadNext();
+  }
+
+  function signOut(message = "") {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.pair = null;
+    state.guidelinesLoaded = false;
+    $("guidelines").hidden = true;
+    document.body.classList.remove("with-drawer");
+    $("login-error").textContent = message;
+    $("login-form").reset();
+    show("login-view");
+    $("token").focus();
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const token = $("token").value.trim();
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $("login-error").textContent = "";
+    try {
+      await start();
+    } catch (error) {
+      if (error.status !== 401) $("login-error").textContent = `Could not sign in: ${error.message}`;
+    }
+  }
+
+  // ---- keyboard ----
+
+  function onKey(event) {
+    if (event.ctrlKey || event.metaKey || event.altKey || $("skip-dialog").open) return;
+    const target = event.target;
+    if (target.matches("input[type=text], input[type=password], textarea, select")) {
+      if (event.key === "Escape") target.blur();
+      return;
+    }
+    const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+    if ($("account").hidden) return;
+    if (key === "g" || key === "?") {
+      toggleGuidelines();
+    } else if (key === "Escape" && !$("guidelines").hidden) {
+      toggleGuidelines(false);
+    } else if ($("task-view").hidden) {
+      return;
+    } else if (CHOICE_KEYS[key]) {
+      choose(CHOICE_KEYS[key]);
+    } else if (STRENGTH_KEYS[key]) {
+      setStrength(STRENGTH_KEYS[key]);
+    } else if (key === "s") {
+      openSkip();
+    } else if (key === "r") {
+      $("reason").focus();
+    } else if (key === "Enter" && !target.matches("button, a")) {
+      submit();
+    } else {
+      return;
+    }
+    event.preventDefault();
+  }
+
+  // ---- wiring ----
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("login-form").addEventListener("submit", signIn);
+    $("sign-out").addEventListener("click", () => signOut());
+    $("decision").addEventListener("change", updateDecision);
+    $("decision").addEventListener("submit", (event) => { event.preventDefault(); submit(); });
+    $("skip").addEventListener("click", openSkip);
+    $("skip-form").addEventListener("submit", confirmSkip);
+    $("skip-reason").addEventListener("keydown", (event) => { if (event.key === "Enter") confirmSkip(event); });
+    $("skip-cancel").addEventListener("click", () => $("skip-dialog").close());
+    $("guidelines-button").addEventListener("click", () => toggleGuidelines());
+    $("guidelines-close").addEventListener("click", () => toggleGuidelines(false));
+    $("check-again").addEventListener("click", () => loadNext().catch((e) => toast(e.message, true)));
+    document.addEventListener("keydown", onKey);
+    if (sessionStorage.getItem(TOKEN_KEY)) {
+      start().catch((error) => { if (error.status !== 401) toast(error.message, true); });
+    } else {
+      signOut();
+    }
+  });
+})();

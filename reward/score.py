@@ -1,0 +1,141 @@
+"""`rlhf score --model RUN_DIR --input FILE [--out FILE]`: reward scores for texts or preference pairs.
+
+Input rows: {"prompt", "response"} (scored as the reward stage renders them), {"text"} (scored verbatim), or
+preference pairs in any format reward.pairs reads (both responses scored, plus accuracy and mean margin).
+`load_reward_model` and `score_texts` are what PPO and evaluation use to score with a trained reward model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from reward import pairs as pairs_lib
+from rlhf import io, runs
+
+
+def load_reward_model(run_dir_or_model: str, dtype: str = "auto", merge: bool = True):
+    """(model in eval mode with dropout off, tokenizer) from a reward run directory, its `final/`, or a model.
+
+    A LoRA reward model is its base (a model, or an SFT run whose adapter is merged) plus the adapter, which holds
+    the trained `score` head; with `merge` the LoRA weights are folded in for faster scoring.
+    """
+    from peft import PeftModel
+
+    from rlhf.models import ModelSource, disable_dropout, load_sequence_classifier, load_tokenizer, resolve
+
+    path = Path(run_dir_or_model)
+    if (path / runs.FINAL).is_dir():
+        path = path / runs.FINAL
+    if (path / "adapter_config.json").is_file():
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(load_sequence_classifier(base, dtype), str(path))
+        if merge and model.peft_config["default"].peft_type.value == "LORA":
+            model = model.merge_and_unload()
+        has_tokenizer = (path / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(ModelSource(base, str(path), str(path) if has_tokenizer else resolve(base).tokenizer))
+    else:
+        model = load_sequence_classifier(run_dir_or_model, dtype)
+        tokenizer = load_tokenizer(run_dir_or_model)
+    model.eval()
+    disable_dropout(model)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def score_ids(model, tokenizer, ids: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+    """One float32 reward per token sequence (read at its last token), computed in padded batches."""
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(ids), batch_size):
+        batch = tokenizer.pad({"input_ids": ids[start:start + batch_size]}, return_tensors="pt").to(device)
+        scores.append(model(**batch).logits[:, 0].float().cpu())
+    return torch.cat(scores) if scores else torch.empty(0)
+
+
+def score_texts(model, tokenizer, prompts: list, responses: list[str], batch_size: int = 16,
+                max_length: int | None = None) -> torch.Tensor:
+    """Rewards of responses to prompts (string or messages), rendered as in training (reward.pairs.render)."""
+    ids = [pairs_lib.encode(tokenizer, p, r)[:max_length] for p, r in zip(prompts, responses, strict=True)]
+    return score_ids(model, tokenizer, ids, batch_size)
+
+
+def _bucket(low: float, high: float) -> str:
+    if low == -math.inf:
+        return f"lt_{high:g}"
+    return f"ge_{low:g}" if high == math.inf else f"{low:g}_{high:g}"
+
+
+def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, margins: torch.Tensor | None = None,
+                 buckets: list[float] = ()) -> dict[str, float]:
+    """Pairwise accuracy (chosen scored strictly higher), mean reward margin, pair count, and accuracy per
+    margin bucket (edges `buckets`; only buckets holding pairs) when the pairs have margins."""
+    diff = (chosen - rejected).double()
+    out = {"accuracy": (diff > 0).double().mean().item(), "margin": diff.mean().item(), "pairs": len(diff)}
+    if margins is not None:
+        edges = [-math.inf, *buckets, math.inf]
+        for low, high in zip(edges, edges[1:]):
+            inside = (margins >= low) & (margins < high)
+            if inside.any():
+                out[f"accuracy_margin_{_bucket(low, high)}"] = (diff[inside] > 0).double().mean().item()
+    return out
+
+
+def _score_rows(model, tokenizer, rows: list[io.Row], batch_size: int, max_length: int | None):
+    """(records with a `score`, summary) for {"prompt", "response"} or {"text"} rows."""
+    if "text" in rows[0].data:
+        texts = [pairs_lib.required(row, "text") for row in rows]
+        for row, text in zip(rows, texts):
+            if not isinstance(text, str) or not text.strip():
+                raise pairs_lib.DataError(row.where, "must be a non-empty string", field="text")
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+        scores = score_ids(model, tokenizer, ids, batch_size)
+    else:
+        prompts = [pairs_lib.check_prompt(pairs_lib.required(row, "prompt"), row.where, "prompt") for row in rows]
+        responses = [pairs_lib.check_response(pairs_lib.required(row, "response"), row.where, "response")
+                     for row in rows]
+        scores = score_texts(model, tokenizer, prompts, responses, batch_size, max_length)
+    records = [{**row.data, "score": s} for row, s in zip(rows, scores.tolist())]
+    return records, {"texts": len(rows), "mean": scores.mean().item(), "std": scores.std(correction=0).item()}
+
+
+def _score_pairs(model, tokenizer, rows: list[io.Row], batch_size: int, max_length: int | None):
+    """(records with both scores, pair metrics) for preference pairs."""
+    pairs, _ = pairs_lib.parse_rows(rows)
+    prompts = [p.prompt for p in pairs]
+    chosen = score_texts(model, tokenizer, prompts, [p.chosen for p in pairs], batch_size, max_length)
+    rejected = score_texts(model, tokenizer, prompts, [p.rejected for p in pairs], batch_size, max_length)
+    margins = None if any(p.margin is None for p in pairs) else torch.tensor([p.margin for p in pairs])
+    records = [{"where": p.where, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin,
+                "chosen_score": c, "rejected_score": r}
+               for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist())]
+    return records, pair_metrics(chosen, rejected, margins, [0.34, 0.67])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf score", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="reward run directory, its final/ folder, or a model")
+    parser.add_argument("--input", required=True, help="JSONL/JSON/CSV/Parquet of texts or preference pairs")
+    parser.add_argument("--out", help="JSONL to write the scored records to (default: print them)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=None, help="truncate token sequences to this length")
+    args = parser.parse_args(argv)
+    rows = io.read_rows(args.input)
+    if not rows:
+        raise pairs_lib.DataError(args.input, "no rows")
+    model, tokenizer = load_reward_model(args.model)
+    score = _score_rows if {"response", "text"} & rows[0].data.keys() else _score_pairs
+    records, summary = score(model, tokenizer, rows, args.batch_size, args.max_length)
+    if args.out:
+        io.write_jsonl(args.out, records)
+        print(f"wrote {len(records)} scored records to {args.out}")
+    else:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+    print(json.dumps(summary), file=sys.stderr if not args.out else sys.stdout)
+    return 0

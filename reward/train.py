@@ -1,0 +1,170 @@
+"""`rlhf reward --config FILE.yaml [--key value ...]`: train a reward model on preference pairs (TRL's RewardTrainer).
+
+Reads pairs in any supported format (see reward.pairs), renders each response after its prompt through the chat
+template, and trains a LoRA adapter plus the score head (or all weights) with the Bradley-Terry loss, optionally
+with per-pair margins and reward centering. Writes a run directory (see rlhf.runs) with held-out pairwise accuracy
+in metrics.jsonl and summary.json, and `reward_stats.json` (reward mean/std over the training responses) for PPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from trl import RewardConfig, RewardTrainer
+
+from reward import pairs as pairs_lib
+from reward.score import pair_metrics
+from rlhf import hf_stage, runs
+from rlhf.config import dump_json, key, load_config, wants_help
+from rlhf.demos import LengthReport
+from rlhf.errors import ConfigError
+
+REWARD_STATS = "reward_stats.json"
+
+
+@dataclass
+class RewardStageConfig(hf_stage.StageArgs, RewardConfig):
+    """Reward keys: the stage keys (see hf_stage.StageArgs and below) plus every key of TRL's RewardConfig
+    (e.g. center_rewards_coefficient)."""
+
+    output_dir: str = "runs/rm"
+    data_format: str = key("auto", "auto | pairs | hosted | hh | label_export (see reward/pairs.py)")
+    drop_bad_rows: bool = key(False, "false: a bad row is an error; true: bad rows are dropped, counted and reported")
+    margin_column: str | None = key("margin", "field with a per-pair margin m, loss -logsigmoid(r_c - r_r - m); "
+                                              "null ignores margins")
+    margin_buckets: list = key([0.34, 0.67], "margin edges for held-out accuracy by margin bucket")
+
+    def __post_init__(self):
+        self.apply_stage_defaults(default_lr=1e-4)
+        if self.data_format not in ("auto", *pairs_lib.FORMATS):
+            raise ConfigError(f"data_format '{self.data_format}' is not one of auto, {', '.join(pairs_lib.FORMATS)}")
+        if any(not isinstance(e, (int, float)) for e in self.margin_buckets) or self.margin_buckets != sorted(
+                self.margin_buckets):
+            raise ConfigError(f"margin_buckets {self.margin_buckets} must be increasing numbers")
+        super().__post_init__()
+
+
+class PreferenceTrainer(RewardTrainer):
+    """TRL's RewardTrainer (its loss: Bradley-Terry, margin, centering) with exact held-out metrics.
+
+    TRL averages per-batch accuracies and, when evaluating with another prefix (the test split), logs them under
+    `eval_`. Here every evaluated pair's rewards are kept, and accuracy, mean margin and accuracy by margin bucket
+    are computed over all of them under the evaluation's own prefix.
+    """
+
+    def __init__(self, *args, margin_buckets: list[float] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.margin_buckets = list(margin_buckets)
+        self.pair_rewards = torch.empty(0, 3)  # (chosen, rejected, margin or NaN) of the last evaluation
+        self._evaluated: list[torch.Tensor] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if not self.model.training:
+            chosen, rejected = outputs.logits.detach().float().squeeze(-1).chunk(2)
+            margin = inputs["margin"].float() if "margin" in inputs else torch.full_like(chosen, float("nan"))
+            batch = self.accelerator.gather_for_metrics(torch.stack([chosen, rejected, margin], dim=1))
+            self._evaluated.append(batch.cpu())
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._evaluated = []
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        self._metrics["eval"].clear()  # TRL's per-batch averages; replaced by the exact figures below
+        self.pair_rewards = torch.cat(self._evaluated) if self._evaluated else torch.empty(0, 3)
+        if len(self.pair_rewards):
+            chosen, rejected, margin = self.pair_rewards.unbind(1)
+            metrics = pair_metrics(chosen, rejected, None if margin.isnan().any() else margin, self.margin_buckets)
+            output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in metrics.items()})
+        return output
+
+
+def tokenize_pairs(pairs: list[pairs_lib.Pair], tokenizer, max_length: int | None,
+                   too_long: str) -> tuple[list[dict], LengthReport]:
+    """`chosen_ids`/`rejected_ids` (and `margin`) per pair; over-long pairs truncated (keep the start) or dropped."""
+    report, out = LengthReport(rows=len(pairs)), []
+    for pair in pairs:
+        chosen = pairs_lib.encode(tokenizer, pair.prompt, pair.chosen)
+        rejected = pairs_lib.encode(tokenizer, pair.prompt, pair.rejected)
+        if max_length and max(len(chosen), len(rejected)) > max_length:
+            report.too_long += 1
+            chosen, rejected = chosen[:max_length], rejected[:max_length]
+            if too_long == "drop" or chosen == rejected:  # truncation may cut off the only difference
+                report.dropped += 1
+                continue
+        record = {"chosen_ids": chosen, "rejected_ids": rejected}
+        if pair.margin is not None:
+            record["margin"] = pair.margin
+        out.append(record)
+    return out, report
+
+
+def build_datasets(config: RewardStageConfig, tokenizer):
+    """Tokenized train/validation/test `datasets.Dataset`s (None when empty), length reports, dropped bad rows."""
+    import datasets
+
+    if not config.dataset_path:
+        raise ConfigError("dataset_path is not set")
+    splits, dropped = pairs_lib.load_pair_splits(config.dataset_path, config.data_format, config.drop_bad_rows,
+                                                 config.margin_column)
+    parts = hf_stage.split(splits.get("train", []), splits, config.val_ratio, config.test_ratio, config.seed)
+    out, reports = {}, {}
+    for name, split_pairs in parts.items():
+        records, reports[name] = tokenize_pairs(split_pairs, tokenizer, config.max_length, config.too_long)
+        out[name] = datasets.Dataset.from_list(records) if records else None
+    if out["train"] is None:
+        raise ConfigError(f"{config.dataset_path}: no training pairs left after the split and length limits")
+    return out, reports, dropped
+
+
+def reward_stats(trainer: PreferenceTrainer, run_dir: Path) -> dict:
+    """Mean and std (population) of the reward over every training response, chosen and rejected, written to
+    `reward_stats.json` so that PPO can normalise scores."""
+    trainer.predict(trainer.train_dataset, metric_key_prefix="train")
+    rewards = trainer.pair_rewards[:, :2].flatten().double()
+    stats = {"mean": rewards.mean().item(), "std": rewards.std(correction=0).item(), "count": rewards.numel()}
+    if trainer.is_world_process_zero():
+        dump_json(stats, run_dir / REWARD_STATS)
+    return {"reward_stats": stats}
+
+
+def run(config: RewardStageConfig, callbacks: tuple = ()) -> dict:
+    """Train and write the run directory; `callbacks` are extra transformers TrainerCallbacks."""
+    from transformers import set_seed
+
+    from rlhf.models import load_sequence_classifier, load_tokenizer
+
+    if not config.model_name_or_path:
+        raise ConfigError("model_name_or_path is not set")
+    if runs.is_finished(config.output_dir):
+        print(f"{config.output_dir} is already finished (summary.json); nothing to do")
+        return runs.read_summary(config.output_dir)
+    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="right")
+    data, reports, dropped = build_datasets(config, tokenizer)  # bad rows fail here, before any model is loaded
+    if config.drop_bad_rows:
+        print(pairs_lib.describe_drops(dropped))
+    for name, report in reports.items():
+        print(f"{name}: {report}")
+    run_dir, resume = hf_stage.prepare_run_dir(config, "reward")
+    set_seed(config.seed)  # before peft wraps the model: LoRA's initial weights come from this seed
+    model = load_sequence_classifier(config.model_name_or_path, config.dtype)
+    trainer = PreferenceTrainer(
+        model=model, args=config, train_dataset=data["train"], eval_dataset=data["validation"],
+        processing_class=tokenizer, peft_config=hf_stage.peft_config(config, "SEQ_CLS"),
+        margin_buckets=config.margin_buckets,
+    )
+    counts = {f"{name}_{what}": getattr(r, what) for name, r in reports.items() for what in ("rows", "too_long", "dropped")}
+    counts["bad_rows_dropped"] = len(dropped)
+    return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": counts}, callbacks,
+                                     perplexity=False, after_test=lambda t: reward_stats(t, run_dir))
+
+
+def main(argv: list[str]) -> int:
+    if wants_help(argv, RewardStageConfig, __doc__.splitlines()[0]):
+        return 0
+    summary = run(load_config(RewardStageConfig, argv))
+    print({k: v for k, v in summary.items() if k != "data"})
+    return 0

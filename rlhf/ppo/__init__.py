@@ -1,0 +1,1 @@
+"""PPO stage: the algorithm (`core`), rollout, and the training loop."""

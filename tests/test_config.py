@@ -1,0 +1,38 @@
+"""Config loading: YAML + CLI overrides, unknown keys named with suggestions, CPU-safe defaults."""
+
+import pytest
+import yaml
+
+from rlhf.config import load_config, save_config
+from rlhf.errors import ConfigError
+from rlhf.sft import SFTStageConfig
+
+
+def test_yaml_then_cli_overrides(tmp_path):
+    cfg_file = tmp_path / "sft.yaml"
+    cfg_file.write_text("model_name_or_path: some/model\nmax_steps: 7\nlearning_rate: 0.001\nreport_to: none\n")
+    cfg = load_config(SFTStageConfig, ["--config", str(cfg_file), "--max_steps", "9", "--lora_target_modules", "[q_proj, v_proj]",
+                                       "--output_dir=" + str(tmp_path / "run")])
+    assert cfg.max_steps == 9 and cfg.learning_rate == 0.001 and cfg.model_name_or_path == "some/model"
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"]
+    assert cfg.bf16 is False and cfg.gradient_checkpointing is False  # no GPU here
+    save_config(cfg, tmp_path / "resolved.yaml")
+    resolved = yaml.safe_load((tmp_path / "resolved.yaml").read_text())
+    assert resolved["max_steps"] == 9 and resolved["model_name_or_path"] == "some/model"
+
+
+def test_unknown_yaml_key_names_file_line_and_suggestion(tmp_path):
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text("model_name_or_path: m\nlearning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: unknown config key 'learning_rat'; did you mean 'learning_rate'"):
+        load_config(SFTStageConfig, ["--config", str(cfg_file)])
+
+
+def test_unknown_cli_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'lora_rank'.*'lora_r'"):
+        load_config(SFTStageConfig, ["--lora_rank", "8"])
+
+
+def test_invalid_value_is_config_error():
+    with pytest.raises(ConfigError, match="peft_method 'qlora'"):
+        load_config(SFTStageConfig, ["--peft_method", "qlora"])
