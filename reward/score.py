@@ -17,6 +17,9 @@ import torch
 
 from reward import pairs as pairs_lib
 from rlhf import io, runs
+from rlhf.errors import DataError
+
+MARGIN_BUCKETS = (0.34, 0.67)  # label-export margins of one vote: 1/3 slight, 2/3 clear, 1 strong
 
 
 def load_reward_model(run_dir_or_model: str, dtype: str = "auto", merge: bool = True):
@@ -86,14 +89,17 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, margins: torch.Te
     return out
 
 
+def _text(row: io.Row) -> str:
+    text = pairs_lib.required(row, "text")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(row.where, "must be a non-empty string", field="text")
+    return text
+
+
 def _score_rows(model, tokenizer, rows: list[io.Row], batch_size: int, max_length: int | None):
     """(records with a `score`, summary) for {"prompt", "response"} or {"text"} rows."""
     if "text" in rows[0].data:
-        texts = [pairs_lib.required(row, "text") for row in rows]
-        for row, text in zip(rows, texts):
-            if not isinstance(text, str) or not text.strip():
-                raise pairs_lib.DataError(row.where, "must be a non-empty string", field="text")
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+        ids = [tokenizer(_text(row), add_special_tokens=False)["input_ids"][:max_length] for row in rows]
         scores = score_ids(model, tokenizer, ids, batch_size)
     else:
         prompts = [pairs_lib.check_prompt(pairs_lib.required(row, "prompt"), row.where, "prompt") for row in rows]
@@ -114,7 +120,7 @@ def _score_pairs(model, tokenizer, rows: list[io.Row], batch_size: int, max_leng
     records = [{"where": p.where, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin,
                 "chosen_score": c, "rejected_score": r}
                for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist())]
-    return records, pair_metrics(chosen, rejected, margins, [0.34, 0.67])
+    return records, pair_metrics(chosen, rejected, margins, MARGIN_BUCKETS)
 
 
 def main(argv: list[str]) -> int:
@@ -127,7 +133,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     rows = io.read_rows(args.input)
     if not rows:
-        raise pairs_lib.DataError(args.input, "no rows")
+        raise DataError(args.input, "no rows")
     model, tokenizer = load_reward_model(args.model)
     score = _score_rows if {"response", "text"} & rows[0].data.keys() else _score_pairs
     records, summary = score(model, tokenizer, rows, args.batch_size, args.max_length)

@@ -15,7 +15,7 @@ import torch
 from trl import RewardConfig, RewardTrainer
 
 from reward import pairs as pairs_lib
-from reward.score import pair_metrics
+from reward.score import MARGIN_BUCKETS, pair_metrics
 from rlhf import hf_stage, runs
 from rlhf.config import dump_json, key, load_config, wants_help
 from rlhf.demos import LengthReport
@@ -34,7 +34,7 @@ class RewardStageConfig(hf_stage.StageArgs, RewardConfig):
     drop_bad_rows: bool = key(False, "false: a bad row is an error; true: bad rows are dropped, counted and reported")
     margin_column: str | None = key("margin", "field with a per-pair margin m, loss -logsigmoid(r_c - r_r - m); "
                                               "null ignores margins")
-    margin_buckets: list = key([0.34, 0.67], "margin edges for held-out accuracy by margin bucket")
+    margin_buckets: list = key(list(MARGIN_BUCKETS), "margin edges for held-out accuracy by margin bucket")
 
     def __post_init__(self):
         self.apply_stage_defaults(default_lr=1e-4)

@@ -8,6 +8,7 @@ the last complete one, early stopping on a validation split, and test-set figure
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,25 @@ class StageArgs:
         self.load_best_model_at_end = self.eval_strategy != "no"
         if self.early_stopping_patience and self.eval_strategy == "no":
             raise ConfigError("early_stopping_patience needs a validation split (val_ratio > 0)")
+        self.join_cpu_processes()
+
+    def join_cpu_processes(self) -> None:
+        """Several launched processes on a machine without GPUs: make them one gloo group.
+
+        Without this, transformers leaves each CPU process on its own (N copies training alone);
+        it joins them when told it runs on CPU, and DeepSpeed's CPU accelerator when given gloo.
+        """
+        if on_gpu() or launched_processes() < 2:
+            return
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            self.ddp_backend = self.ddp_backend or "gloo"
+        else:
+            self.use_cpu = True
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (torchrun, accelerate launch, deepspeed) started in all."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def peft_config(args: StageArgs, task_type: str):
@@ -166,13 +186,17 @@ def train_and_finish(trainer, run_dir: Path, resume: Path | None, test_dataset, 
     `perplexity`: report exp(test loss) (language-model stages). `after_test(trainer) -> dict`: the stage's own
     finishing work (e.g. reward statistics), run by every process before `final/`; its result joins the summary.
     """
+    if trainer.accelerator.num_processes != launched_processes():
+        raise ConfigError(f"{launched_processes()} processes were launched but the trainer runs as "
+                          f"{trainer.accelerator.num_processes}; see docs/distributed.md")
     callbacks = [RunDirCallback(run_dir), *callbacks]
     if trainer.args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(trainer.args.early_stopping_patience))
     for cb in callbacks:
         trainer.add_callback(cb)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss, **extra_summary}
+    summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "world_size": trainer.accelerator.num_processes, **extra_summary}
     if test_dataset is not None and len(test_dataset):
         test = trainer.evaluate(test_dataset, metric_key_prefix="test")
         summary.update(metric_names(test))  # the trainer already logged these to metrics.jsonl

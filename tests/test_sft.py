@@ -97,7 +97,7 @@ def test_prompt_completion_and_drop_too_long(tiny_llama, tmp_path):
     with pytest.raises(DataError, match="no training rows left .*48 over max_length \\(dropped 48\\)"):
         sft.run(cfg)  # every row is longer than 12 tokens and dropped: refusing to train on nothing
     cfg = sft_config(tiny_llama, tmp_path / "run2", "--dataset_path", str(DATA / "sft_prompt_completion.jsonl"),
-                     "--max_length", "16", "--max_steps", "2")
+                     "--max_length", "22", "--max_steps", "2")
     summary = sft.run(cfg)
     assert summary["data"]["train_too_long"] > 0 and summary["data"]["train_dropped"] == 0
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["data"]["train_rows"] == 38

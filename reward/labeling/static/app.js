@@ -98,6 +98,7 @@
     $("left").textContent = pair.left;
     $("right").textContent = pair.right;
     $("decision").reset();
+    if (document.activeElement instanceof HTMLElement) document.activeElement.blur();  // shortcuts work again
     updateDecision();
     show("task-view");
     window.scrollTo(0, 0);
