@@ -1,11 +1,11 @@
 """The built-in demo task: a tiny request language, its data splits, and a simulated annotator.
 
-A user introduces themselves and asks for something ("I am Anna. Describe a red apple." or
-"I am Ben. Name three fruits."). Acceptable answers are built from a small grammar: an optional
-opener, a core answer, an optional closer. The hidden gold preference is that of a person who likes
-being addressed by name: among correct answers, one that uses the requester's name (in the opener
-or the closer) is better; an answer that is wrong (wrong colour or object, wrong number of items,
-someone else's name, anything outside the grammar) is worst. Answers with and without the name have
+A user introduces themselves and asks about a coloured thing ("I am Anna. Describe a red apple.").
+Acceptable answers are built from a small grammar: an optional opener, a core sentence, an optional
+closer ("Sure! A red apple is sweet. Have fun!"). The hidden gold preference is that of a person who
+likes being addressed by name: among correct answers, one that uses the requester's name (in the
+opener or the closer) is better; an answer that is wrong (wrong colour or thing, an adjective that
+does not fit, someone else's name, anything outside the grammar) is worst. Answers with and without the name have
 the same shapes ("Sure! ..." / "Sure, Anna! ..."), so length is not what the annotator rewards.
 
 The demonstrations use the name in about a third of the answers, so a fine-tuned policy does too and
@@ -16,7 +16,6 @@ PPO has room to improve. `write_demo_files` produces the files shipped in config
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 import re
 from pathlib import Path
@@ -26,79 +25,58 @@ from rlhf.io import write_jsonl
 
 SEED = 0
 NAME_RATE = 0.3  # share of demonstrations that address the requester by name
-NAMES = ("Anna", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo",
-         "Ida", "Jon", "Kim", "Leo", "Mia", "Nora", "Omar", "Paul")
+NAMES = ("Anna", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ida", "Jon", "Kim", "Leo",
+         "Mia", "Nora", "Omar", "Paul", "Rosa", "Sam", "Tina", "Uma", "Vera", "Will", "Yara", "Zoe")
 COLORS = ("red", "blue", "green", "yellow", "white", "black")
-OBJECTS = {  # object -> adjectives that may describe it
-    "apple": ("round", "sweet", "crisp", "fresh"),
-    "ball": ("round", "light", "soft", "bouncy"),
-    "car": ("fast", "shiny", "small", "loud"),
-    "cup": ("small", "clean", "warm", "full"),
-    "hat": ("soft", "warm", "big", "new"),
-    "book": ("thick", "old", "heavy", "good"),
-    "bird": ("small", "fast", "loud", "pretty"),
-    "kite": ("light", "big", "bright", "fast"),
+THINGS = {  # thing -> adjectives that fit it
+    "apple": ("round", "sweet", "fresh"),
+    "ball": ("round", "light", "bouncy"),
+    "car": ("fast", "shiny", "loud"),
+    "cup": ("small", "clean", "full"),
+    "hat": ("soft", "warm", "new"),
+    "book": ("thick", "old", "heavy"),
+    "bird": ("small", "fast", "pretty"),
+    "kite": ("light", "big", "bright"),
 }
-CATEGORIES = {
-    "fruits": ("apple", "pear", "plum", "lemon", "grape", "mango"),
-    "animals": ("cat", "dog", "horse", "fox", "bear", "mouse"),
-    "tools": ("hammer", "saw", "drill", "rake", "spade", "knife"),
-}
-COUNTS = {"two": 2, "three": 3}
-DESCRIBE = ("A {color} {thing} is {a} and {b}.", "This {color} {thing} is {a} and {b}.",
-            "The {color} {thing} looks {a} and {b}.")
-LIST = ("{Items}.", "Here are {count} {category}: {items}.")
+ASKS = ("Describe a {color} {thing}.", "Tell me about a {color} {thing}.")
+CORES = ("A {color} {thing} is {adj}.", "This {color} {thing} looks {adj}.", "The {thing} is {color} and {adj}.")
 # Each opener/closer with the name has a counterpart without it, of the same shape.
 OPENERS = ("", "Sure! ", "Okay. ", "Hello! ")
 NAME_OPENERS = ("Sure, {name}! ", "Okay, {name}. ", "Hello {name}! ")
 CLOSERS = ("", " Hope this helps.", " Have fun!", " Thanks for asking.")
 NAME_CLOSERS = (" Hope this helps, {name}.", " Have fun, {name}!", " Thanks for asking, {name}.")
-SPLITS = {"sft": 400, "label_prompts": 200, "ppo_prompts": 200, "eval_prompts": 64}  # prompts per split
+SPLITS = {"sft": 1200, "label_prompts": 400, "ppo_prompts": 400, "eval_prompts": 100}  # prompts per split
+_PROMPT = re.compile(r"I am (\w+)\. (?:Describe|Tell me about) a (\w+) (\w+)\.")
 
 
-# ---- requests ------------------------------------------------------------------------------------
+# ---- requests and answers ------------------------------------------------------------------------
 
 def all_prompts() -> list[str]:
     """Every request of the language, in a fixed order."""
-    requests = [f"Describe a {color} {thing}." for thing in OBJECTS for color in COLORS]
-    requests += [f"Name {count} {category}." for category in CATEGORIES for count in COUNTS]
-    return [f"I am {name}. {request}" for name in NAMES for request in requests]
+    return [f"I am {name}. " + ask.format(color=color, thing=thing)
+            for name in NAMES for ask in ASKS for thing in THINGS for color in COLORS]
 
 
 def parse_prompt(prompt: Any) -> dict[str, str] | None:
-    """{"name", "kind", ...} of a request (a string, or a chat whose last user turn is one); None if not one."""
+    """{"name", "color", "thing"} of a request (a string, or a chat whose last user turn is one); None if not one."""
     if isinstance(prompt, list):
         users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
         prompt = users[-1] if users else ""
-    match = re.fullmatch(r"I am (\w+)\. (Describe a|Name) (\w+) (\w+)\.", str(prompt).strip())
-    if match is None or match[1] not in NAMES:
+    match = _PROMPT.fullmatch(str(prompt).strip())
+    if match is None or match[1] not in NAMES or match[2] not in COLORS or match[3] not in THINGS:
         return None
-    name, verb, first, second = match.groups()
-    if verb == "Describe a" and first in COLORS and second in OBJECTS:
-        return {"name": name, "kind": "describe", "color": first, "thing": second}
-    if verb == "Name" and first in COUNTS and second in CATEGORIES:
-        return {"name": name, "kind": "list", "count": first, "category": second}
-    return None
+    return {"name": match[1], "color": match[2], "thing": match[3]}
 
 
-# ---- answers -------------------------------------------------------------------------------------
-
-def _core_answers(request: dict[str, str]) -> list[str]:
-    """All correct core answers to a request (without opener or closer)."""
-    if request["kind"] == "describe":
-        pairs = itertools.permutations(OBJECTS[request["thing"]], 2)
-        return [t.format(color=request["color"], thing=request["thing"], a=a, b=b) for a, b in pairs for t in DESCRIBE]
-    answers = []
-    for words in itertools.permutations(CATEGORIES[request["category"]], COUNTS[request["count"]]):
-        items = ", ".join(words[:-1]) + " and " + words[-1]
-        answers += [t.format(items=items, Items=items[0].upper() + items[1:], count=request["count"],
-                             category=request["category"]) for t in LIST]
-    return answers
+def core_answers(request: dict[str, str]) -> list[str]:
+    """All correct answers to a request before an opener or closer is added."""
+    return [core.format(color=request["color"], thing=request["thing"], adj=adj)
+            for core in CORES for adj in THINGS[request["thing"]]]
 
 
 def demonstration(request: dict[str, str], rng: random.Random) -> str:
     """One acceptable answer; it addresses the requester by name with probability NAME_RATE."""
-    core = rng.choice(_core_answers(request))
+    core = rng.choice(core_answers(request))
     opener, closer = rng.choice(OPENERS), rng.choice(CLOSERS)
     if rng.random() < NAME_RATE:
         if rng.random() < 0.5:
@@ -118,7 +96,7 @@ def gold_score(prompt: Any, response: str) -> float:
     name, text = request["name"], response.strip()
     openers = [(o, False) for o in OPENERS] + [(o.format(name=name), True) for o in NAME_OPENERS]
     closers = [(c, False) for c in CLOSERS] + [(c.format(name=name), True) for c in NAME_CLOSERS]
-    cores = set(_core_answers(request))
+    cores = set(core_answers(request))
     best = 0.0
     for opener, named_open in openers:
         if not text.startswith(opener):

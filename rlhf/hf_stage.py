@@ -143,6 +143,7 @@ class RunDirCallback(TrainerCallback):
             self.metrics.log(state.global_step, metric_names(logs))
 
     def on_save(self, args, state, control, **kwargs):
+        args.distributed_state.wait_for_everyone()  # every process's shards and RNG state are on disk
         if state.is_world_process_zero:
             runs.mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 

@@ -66,16 +66,17 @@ def mark_complete(checkpoint_dir: str | Path) -> None:
 
 
 class MetricsFile:
-    """Append-only `metrics.jsonl`; on resume, entries after the checkpoint's step are dropped first."""
+    """Append-only `metrics.jsonl` (or another per-step JSONL log, `name`); on resume, entries after the
+    checkpoint's step are dropped first."""
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / METRICS
+    def __init__(self, run_dir: str | Path, name: str = METRICS):
+        self.path = Path(run_dir) / name
 
     def truncate_after(self, step: int) -> None:
         if not self.path.is_file():
             return
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path.with_name(METRICS + ".tmp")
+        tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.path)
 

@@ -40,8 +40,8 @@ def _label(client, token, choice="left", **extra):
     pair = client.get("/api/next", headers=_bearer(token)).json()["pair"]
     if pair is None:
         return None, None
-    response = client.post("/api/labels", headers=_bearer(token), json={"pair_id": pair["id"], "choice": choice, **extra})
-    return pair, response
+    body = {"pair_id": pair["id"], "choice": choice, **extra}
+    return pair, client.post("/api/labels", headers=_bearer(token), json=body)
 
 
 def _labels(store):
@@ -52,8 +52,11 @@ def _labels(store):
         ).fetchall()
 
 
-@pytest.mark.parametrize("method,path", [("get", "/api/me"), ("get", "/api/next"), ("post", "/api/labels"),
-                                         ("get", "/api/guidelines"), ("get", "/api/export")])
+ENDPOINTS = [("get", "/api/me"), ("get", "/api/next"), ("post", "/api/labels"), ("get", "/api/guidelines"),
+             ("get", "/api/export")]
+
+
+@pytest.mark.parametrize("method,path", ENDPOINTS)
 def test_no_token_or_wrong_token_gets_401(client, method, path):
     body = {"json": {"pair_id": "p0", "choice": "left"}} if method == "post" else {}
     for headers in ({}, _bearer("not-a-token"), {"Authorization": "Basic abc"}):
@@ -73,7 +76,8 @@ def test_admin_endpoints_are_403_for_annotators(client, tokens):
 def test_me_and_guidelines(client, tokens):
     me = client.get("/api/me", headers=_bearer(tokens["ann"])).json()
     assert me == {"name": "ann", "is_admin": False, "progress": {"labeled": 0, "skipped": 0, "remaining": 4}}
-    assert client.get("/api/guidelines", headers=_bearer(tokens["ann"])).json() == {"markdown": "# Guidelines\n\nBe fair."}
+    guidelines = client.get("/api/guidelines", headers=_bearer(tokens["ann"])).json()
+    assert guidelines == {"markdown": "# Guidelines\n\nBe fair."}
 
 
 def test_overlap_two_sends_each_pair_to_exactly_two_annotators(client, store, tokens):
@@ -131,7 +135,7 @@ def test_shown_order_is_recorded_and_choice_mapped_to_the_underlying_response(cl
     labels = _labels(store)
     assert [row[4] for row in labels] == seen
     assert set(seen) == {"ab", "ba"}  # both orders occur
-    for pair_id, name, choice, strength, shown_order, time_ms, _ in labels:
+    for _, name, choice, strength, shown_order, time_ms, _ in labels:
         assert choice == ("a" if shown_order == "ab" else "b")
         assert (name, strength, time_ms) == ("ann", 3, 1234)
 

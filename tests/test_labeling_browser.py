@@ -1,4 +1,4 @@
-"""The labeling page in headless Chromium: sign in with a token, label with the keyboard, hostile model text stays inert."""
+"""The labeling page in headless Chromium: sign in, label with the keyboard, hostile model text stays inert."""
 
 import socket
 import sqlite3
@@ -17,9 +17,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCRIPT = "<script>window.pwned=1</script>"
 IMAGE = '<img src=x onerror="window.pwned=1">'
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (scripts/install_browser.sh installs it)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (scripts/install_browser.sh installs it)"
+    ),
+]
 
 
 @pytest.fixture
@@ -129,7 +132,8 @@ def test_sign_in_label_with_keyboard_and_hostile_text_stays_text(site, page):
     page.keyboard.press("s")
     page.wait_for_selector("#skip-dialog[open]")
     page.keyboard.press("Enter")
-    assert _wait_for_labels(store, 2)[1][:4] == ("chat", "skip", None, "I can't judge this (needs expertise I don't have)")
+    first_reason = "I can't judge this (needs expertise I don't have)"
+    assert _wait_for_labels(store, 2)[1][:4] == ("chat", "skip", None, first_reason)
 
     # pair 3: right is better, then tie overrides it before submitting
     page.wait_for_selector("#prompt:has-text('Say hi')")
@@ -157,3 +161,18 @@ def test_guidelines_render_markdown_safely(site, page):
     assert page.locator("#guidelines-body script").count() == 0
     page.keyboard.press("Escape")
     page.wait_for_selector("#guidelines", state="hidden")
+
+
+def test_content_security_policy_stops_injected_markup(site, browser):
+    """Defence in depth: even markup that reached the DOM could not run script."""
+    url, _, _ = site
+    context = browser.new_context()
+    page = context.new_page()
+    violations = []
+    page.on("console", lambda message: violations.append(message.text))
+    page.goto(url + "/")
+    page.evaluate(f"document.body.insertAdjacentHTML('beforeend', {IMAGE!r})")
+    page.wait_for_function("document.querySelector('img') && document.querySelector('img').complete")
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert any("Content Security Policy" in v for v in violations)
+    context.close()

@@ -32,7 +32,7 @@ def running_server(db: Path, overlap: int):
     """`rlhf label serve` in a subprocess; yields (url, process) once it answers."""
     port, log = _free_port(), db.with_suffix(".log")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "reward.labeling.cli", "serve", "--db", str(db), "--port", str(port),
+    command = [sys.executable, "-m", "rlhf", "label", "serve", "--db", str(db), "--port", str(port),
                "--overlap", str(overlap)]
     with log.open("w") as log_file:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -96,6 +96,7 @@ def _setup(tmp_path, n_pairs, n_annotators):
     return store.path, tokens
 
 
+@pytest.mark.slow
 def test_twenty_annotators_in_parallel_lose_and_duplicate_nothing(tmp_path):
     db, tokens = _setup(tmp_path, n_pairs=50, n_annotators=20)
     with running_server(db, overlap=20) as (url, _):
@@ -107,7 +108,10 @@ def test_twenty_annotators_in_parallel_lose_and_duplicate_nothing(tmp_path):
     label_ids = [label_id for a in acks.values() for _, label_id in a]
     assert len(set(label_ids)) == 1000
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT pair_id || '/' || annotator_id) FROM labels").fetchone() == (1000, 1000)
+        rows, distinct = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT pair_id || '/' || annotator_id) FROM labels"
+        ).fetchone()
+        assert (rows, distinct) == (1000, 1000)
         per_pair = conn.execute("SELECT COUNT(*) FROM labels GROUP BY pair_id").fetchall()
     assert per_pair == [(20,)] * 50
 

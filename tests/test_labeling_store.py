@@ -26,12 +26,14 @@ GOOD = {"prompt": "Hi", "response_a": "Hello!", "response_b": "Go away."}
 @pytest.mark.parametrize(
     "bad,field,message",
     [
-        ({"response_b": None}, "response_b", "is missing"),
-        ({"response_b": "   "}, "response_b", "is empty"),
-        ({"response_a": 3}, "response_a", "must be a string"),
-        ({"prompt": ""}, "prompt", "is empty"),
-        ({"prompt": [{"role": "user"}]}, "prompt", "message 0"),
-        ({"prompt": {"text": "hi"}}, "prompt", "string or a list"),
+        ({"response_b": None}, "response_b", "missing"),
+        ({"response_b": "   "}, "response_b", "empty response"),
+        ({"response_b": "Hello! "}, "response_b", "identical to 'response_a'"),
+        ({"response_a": 3}, "response_a", "expected a string"),
+        ({"prompt": ""}, "prompt", "non-empty string or a list of messages"),
+        ({"prompt": [{"role": "user"}]}, "prompt[0].content", "missing"),
+        ({"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "prompt",
+         "ends with an assistant turn"),
     ],
 )
 def test_import_errors_name_file_line_and_field(tmp_path, bad, field, message):
@@ -46,7 +48,7 @@ def test_import_errors_name_file_line_and_field(tmp_path, bad, field, message):
 def test_import_command_reports_errors_and_exits_2(tmp_path, capsys):
     path = _write_jsonl(tmp_path / "pairs.jsonl", [GOOD, {"prompt": "x", "response_a": "y"}])
     assert rlhf(["label", "import", "--db", str(tmp_path / "l.sqlite"), str(path)]) == 2
-    assert f"{path}:2: field 'response_b': is missing" in capsys.readouterr().err
+    assert f"{path}:2: field 'response_b': missing" in capsys.readouterr().err
 
 
 def test_duplicate_ids_in_a_file_are_refused(tmp_path):
@@ -208,7 +210,8 @@ def test_generate_samples_pairs_from_a_policy(tmp_path, monkeypatch, capsys):
     fake.load_for_generation = lambda path: ("model", "tokenizer")
     fake.sample = sample
     monkeypatch.setitem(sys.modules, "rlhf.generation", fake)
-    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "one"}, {"prompt": [{"role": "user", "content": "two"}]}])
+    chat = [{"role": "user", "content": "two"}]
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "one"}, {"prompt": chat}])
     db = tmp_path / "l.sqlite"
     argv = ["label", "generate", "--db", str(db), "--model", "runs/sft", "--prompts", str(prompts), "--n", "3",
             "--max-new-tokens", "16", "--seed", "5"]
@@ -221,3 +224,28 @@ def test_generate_samples_pairs_from_a_policy(tmp_path, monkeypatch, capsys):
         ([{"role": "user", "content": "two"}], "1-x", "1-y", "runs/sft"),
     ]
     assert rlhf(argv[:-4] + ["--n", "1"]) == 2
+
+
+def test_export_is_accepted_by_the_reward_stage(tmp_path):
+    from reward.labeling.export import export_file
+    from reward.pairs import load_pairs
+
+    db = tmp_path / "l.sqlite"
+    store = Store(db)
+    store.set_overlap(2)
+    chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Rate my poem."}]
+    store.add_pairs([
+        Pair("Say hi", "hi", "hello there", id="plain"),
+        Pair(chat, "It rhymes nicely.", "No.", id="chat"),
+        Pair("Pick", "same", "emas", id="tie"),  # equal lengths: the judge says tie
+    ])
+    simulate_annotators(db, prefer_longer, n_annotators=2)
+    out = tmp_path / "prefs.jsonl"
+    result = export_file(store, out, min_votes=2, keep_ties=True)
+    loaded, dropped = load_pairs(out)
+    assert not dropped
+    assert [(p.prompt, p.chosen, p.rejected, p.margin) for p in loaded] == [
+        (r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in result.records
+    ]
+    assert loaded[1].prompt == chat and loaded[1].chosen == "It rhymes nicely."
+    assert [p.margin for p in loaded[2:]] == [0.0, 0.0]  # the tie, once in each order

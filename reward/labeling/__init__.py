@@ -1,1 +1,1 @@
-"""Human preference labeling: a SQLite store of pairs and votes, a web page to label them, export and agreement stats."""
+"""Human preference labeling: a SQLite store of pairs and votes, a page to label them, export and agreement."""

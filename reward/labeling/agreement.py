@@ -18,7 +18,7 @@ def cohen_kappa(x: Sequence[Hashable], y: Sequence[Hashable]) -> float | None:
     n = len(x)
     if n == 0:
         return None
-    observed = sum(a == b for a, b in zip(x, y)) / n
+    observed = sum(a == b for a, b in zip(x, y, strict=True)) / n
     count_x, count_y = Counter(x), Counter(y)
     expected = sum(count_x[c] * count_y[c] for c in count_x) / (n * n)
     if expected == 1:
@@ -57,7 +57,9 @@ def majority(values: Iterable[Hashable]) -> Hashable | None:
     return ranked[0][0]
 
 
-def pairwise_kappas(units: Mapping[Hashable, Mapping[str, Hashable]]) -> dict[tuple[str, str], tuple[float | None, int]]:
+def pairwise_kappas(
+    units: Mapping[Hashable, Mapping[str, Hashable]],
+) -> dict[tuple[str, str], tuple[float | None, int]]:
     """Cohen's kappa and the number of shared items for every pair of annotators who share an item.
 
     `units` maps an item to {annotator: value}.

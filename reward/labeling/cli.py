@@ -1,4 +1,4 @@
-"""`rlhf label ...`: serve the labeling page, fill the store with pairs, add annotators, export votes, report agreement."""
+"""`rlhf label ...`: serve the labeling page, fill the store, add annotators, export votes, report agreement."""
 
 from __future__ import annotations
 
@@ -159,7 +159,3 @@ HANDLERS = {
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     return HANDLERS[args.command](args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from reward.labeling.importing import check_prompt
+from reward.labeling.importing import prompt_from_row
 from reward.labeling.store import Pair
 from rlhf.errors import ConfigError
 from rlhf.io import read_rows
@@ -29,7 +29,7 @@ def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> 
     were left out for being empty or repeating an earlier completion of the same prompt."""
     if sampling.n < 2:
         raise ConfigError(f"--n must be at least 2 to make a pair, got {sampling.n}")
-    prompts = [check_prompt(row) for row in read_rows(prompts_path)]
+    prompts = [prompt_from_row(row) for row in read_rows(prompts_path)]
     from rlhf.generation import load_for_generation, sample  # torch-heavy: only when generating
 
     policy, tokenizer = load_for_generation(model)
@@ -44,7 +44,7 @@ def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> 
         seed=sampling.seed,
     )
     pairs, dropped = [], 0
-    for prompt, outputs in zip(prompts, completions):
+    for prompt, outputs in zip(prompts, completions, strict=True):
         distinct: dict[str, str] = {}
         for output in outputs:
             if output.strip():

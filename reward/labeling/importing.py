@@ -1,4 +1,8 @@
-"""Turn data-file rows into pairs to label, naming the file, line and field of any bad row."""
+"""Turn data-file rows into pairs to label, naming the file, line and field of any bad row.
+
+Prompts and responses are checked with the reward stage's own rules, so whatever is labeled here
+exports to a file that stage accepts.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from reward.labeling.store import Pair
+from reward.pairs import check_prompt, check_response, required
 from rlhf.errors import DataError
 from rlhf.io import Row, read_rows
 
 
-def check_prompt(row: Row, field: str = "prompt") -> str | list[dict[str, str]]:
-    """A prompt is a non-empty string or a non-empty list of {"role", "content"} string messages."""
-    value = row.data.get(field)
-    if isinstance(value, str):
-        if not value.strip():
-            raise DataError(row.where, "is empty", field=field)
-        return value
-    if isinstance(value, list) and value:
-        for i, message in enumerate(value):
-            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                    and isinstance(message.get("content"), str)):
-                raise DataError(row.where, f"message {i} must be an object with string 'role' and 'content'", field=field)
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    if value is None:
-        raise DataError(row.where, "is missing", field=field)
-    raise DataError(row.where, "must be a string or a list of chat messages", field=field)
-
-
-def _text(row: Row, field: str) -> str:
-    value = row.data.get(field)
-    if value is None:
-        raise DataError(row.where, "is missing", field=field)
-    if not isinstance(value, str):
-        raise DataError(row.where, f"must be a string, got {type(value).__name__}", field=field)
-    if not value.strip():
-        raise DataError(row.where, "is empty", field=field)
-    return value
+def prompt_from_row(row: Row) -> str | list[dict[str, str]]:
+    """A non-empty string, or chat messages that do not end with an assistant turn."""
+    return check_prompt(required(row, "prompt"), row.where, "prompt")
 
 
 def _optional_text(row: Row, field: str) -> str | None:
@@ -49,10 +30,15 @@ def _optional_text(row: Row, field: str) -> str | None:
 
 
 def pair_from_row(row: Row) -> Pair:
+    prompt = prompt_from_row(row)
+    response_a = check_response(required(row, "response_a"), row.where, "response_a")
+    response_b = check_response(required(row, "response_b"), row.where, "response_b")
+    if response_a.strip() == response_b.strip():
+        raise DataError(row.where, "identical to 'response_a': nothing to compare", field="response_b")
     return Pair(
-        prompt=check_prompt(row),
-        response_a=_text(row, "response_a"),
-        response_b=_text(row, "response_b"),
+        prompt=prompt,
+        response_a=response_a,
+        response_b=response_b,
         model_a=_optional_text(row, "model_a"),
         model_b=_optional_text(row, "model_b"),
         id=_optional_text(row, "id"),

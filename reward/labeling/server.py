@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -50,20 +50,28 @@ def _bearer_token(request: Request) -> str:
     return token.strip()
 
 
+def current_annotator(request: Request) -> Annotator:
+    """The annotator whose token the request carries (401 without a known one)."""
+    found = request.app.state.store.annotator_by_token(_bearer_token(request))
+    if found is None:
+        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+def current_admin(who: Annotated[Annotator, Depends(current_annotator)]) -> Annotator:
+    if not who.is_admin:
+        raise HTTPException(403, "this needs an admin token")
+    return who
+
+
+Caller = Annotated[Annotator, Depends(current_annotator)]
+AdminCaller = Annotated[Annotator, Depends(current_admin)]
+
+
 def create_app(store: Store, guidelines: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The ASGI app serving `store`; `guidelines` is markdown shown on the page."""
     app = FastAPI(title="Preference labeling", docs_url=None, redoc_url=None, openapi_url=None)
-
-    def annotator(request: Request) -> Annotator:
-        found = store.annotator_by_token(_bearer_token(request))
-        if found is None:
-            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
-        return found
-
-    def admin(who: Annotator = Depends(annotator)) -> Annotator:
-        if not who.is_admin:
-            raise HTTPException(403, "this needs an admin token")
-        return who
+    app.state.store = store
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -74,15 +82,15 @@ def create_app(store: Store, guidelines: str, max_body_bytes: int = MAX_BODY_BYT
         return {"ok": True}
 
     @app.get("/api/me")
-    def me(who: Annotator = Depends(annotator)) -> dict:
+    def me(who: Caller) -> dict:
         return {"name": who.name, "is_admin": who.is_admin, "progress": store.progress(who.id)}
 
     @app.get("/api/guidelines")
-    def get_guidelines(who: Annotator = Depends(annotator)) -> dict:
+    def get_guidelines(who: Caller) -> dict:
         return {"markdown": guidelines}
 
     @app.get("/api/next")
-    def next_pair(who: Annotator = Depends(annotator)) -> dict:
+    def next_pair(who: Caller) -> dict:
         """The caller's next pair (responses as `left`/`right`), or `pair: null` when their queue is empty."""
         assignment = store.next_assignment(who.id)
         pair = None
@@ -96,7 +104,7 @@ def create_app(store: Store, guidelines: str, max_body_bytes: int = MAX_BODY_BYT
         return {"pair": pair, "progress": store.progress(who.id)}
 
     @app.post("/api/labels", status_code=201)
-    def add_label(label: LabelIn, who: Annotator = Depends(annotator)) -> dict:
+    def add_label(label: LabelIn, who: Caller) -> dict:
         try:
             label_id = store.add_label(
                 who.id, label.pair_id, label.choice, label.strength, label.reason, label.time_ms
@@ -110,16 +118,16 @@ def create_app(store: Store, guidelines: str, max_body_bytes: int = MAX_BODY_BYT
         return {"label_id": label_id, "progress": store.progress(who.id)}
 
     @app.get("/api/annotators")
-    def list_annotators(who: Annotator = Depends(admin)) -> list[dict]:
+    def list_annotators(who: AdminCaller) -> list[dict]:
         return [{"name": a.name, "is_admin": a.is_admin, "progress": store.progress(a.id)} for a in store.annotators()]
 
     @app.get("/api/stats")
-    def stats(who: Annotator = Depends(admin)) -> dict:
+    def stats(who: AdminCaller) -> dict:
         return compute_stats(store)
 
     @app.get("/api/export")
     def export(
-        who: Annotator = Depends(admin),
+        who: AdminCaller,
         min_votes: int = Query(1, ge=0),
         keep_ties: bool = False,
         keep_both_bad: bool = False,

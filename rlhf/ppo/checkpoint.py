@@ -1,0 +1,110 @@
+"""PPO checkpoints and the final policy adapter.
+
+A checkpoint holds only what training changes: the trained adapters and value head, the optimizer, the LR
+scheduler, the KL controller, every process's RNG states and the step (which fixes the data position). It is
+written to `checkpoint-N.tmp`, renamed, and then marked COMPLETE; the last `KEEP` complete ones are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf import runs
+from rlhf.ppo.models import ADAPTER_WEIGHTS, POLICY, VALUE, PolicyValueModel, load_adapter_weights
+
+KEEP = 2
+VALUE_HEAD = "value_head.pt"
+STATE = "trainer_state.json"
+
+
+def save_adapter(model: PolicyValueModel, adapter: str, folder: Path) -> None:
+    """One adapter as a peft folder (config + weights) that loads on the PPO base."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = get_peft_model_state_dict(model.peft, adapter_name=adapter)
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(folder / ADAPTER_WEIGHTS))
+    config = copy.deepcopy(model.peft.peft_config[adapter])
+    config.inference_mode = True
+    config.save_pretrained(str(folder))
+
+
+def load_adapter(model: PolicyValueModel, adapter: str, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    load_adapter_weights(model.peft, adapter, load_file(str(folder / ADAPTER_WEIGHTS)), str(folder))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(run_dir: Path, step: int, model: PolicyValueModel, optimizer, scheduler, state: dict[str, Any],
+         accelerator) -> Path:
+    """Write checkpoint-`step` atomically; every process adds its RNG state, the main process the rest."""
+    target = run_dir / runs.CHECKPOINTS / f"checkpoint-{step}"
+    tmp = target.with_name(target.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_adapter(model, POLICY, tmp / POLICY)
+        if model.value_model == "lora_head":
+            save_adapter(model, VALUE, tmp / VALUE)
+        torch.save(model.value_head.state_dict(), tmp / VALUE_HEAD)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        runs.mark_complete(target)
+        for old in runs.complete_checkpoints(run_dir)[:-KEEP]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def load(path: Path, model: PolicyValueModel, optimizer, scheduler, process_index: int) -> dict[str, Any]:
+    """Restore a checkpoint into the (prepared) objects; returns its trainer state ({"step", ...}).
+    RNG states are restored too, so call this last before the training loop."""
+    load_adapter(model, POLICY, path / POLICY)
+    if model.value_model == "lora_head":
+        load_adapter(model, VALUE, path / VALUE)
+    model.value_head.load_state_dict(torch.load(path / VALUE_HEAD, map_location="cpu"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
+    set_rng_state(torch.load(path / f"rng_state_{process_index}.pt", weights_only=False))
+    return json.loads((path / STATE).read_text())
+
+
+def save_final(run_dir: Path, model: PolicyValueModel, tokenizer) -> Path:
+    """`final/`: the policy adapter (its config names the PPO base, e.g. the SFT run) and the tokenizer."""
+    final = run_dir / runs.FINAL
+    with runs.atomic_dir(final) as tmp:
+        save_adapter(model, POLICY, tmp)
+        tokenizer.save_pretrained(str(tmp))
+    return final
