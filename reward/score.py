@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from reward import pairs as pairs_lib
-from rlhf import io, runs
+from rlhf import io
 from rlhf.errors import DataError
 
 MARGIN_BUCKETS = (0.34, 0.67)  # label-export margins of one vote: 1/3 slight, 2/3 clear, 1 strong
@@ -30,21 +30,17 @@ def load_reward_model(run_dir_or_model: str, dtype: str = "auto", merge: bool = 
     """
     from peft import PeftModel
 
-    from rlhf.models import ModelSource, disable_dropout, load_sequence_classifier, load_tokenizer, resolve
+    from rlhf.models import disable_dropout, load_sequence_classifier, load_tokenizer, resolve
 
-    path = Path(run_dir_or_model)
-    if (path / runs.FINAL).is_dir():
-        path = path / runs.FINAL
-    if (path / "adapter_config.json").is_file():
-        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(load_sequence_classifier(base, dtype), str(path))
+    source = resolve(run_dir_or_model)
+    if source.adapter:
+        base = json.loads((Path(source.adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(load_sequence_classifier(base, dtype), source.adapter)
         if merge and model.peft_config["default"].peft_type.value == "LORA":
             model = model.merge_and_unload()
-        has_tokenizer = (path / "tokenizer_config.json").is_file()
-        tokenizer = load_tokenizer(ModelSource(base, str(path), str(path) if has_tokenizer else resolve(base).tokenizer))
     else:
-        model = load_sequence_classifier(run_dir_or_model, dtype)
-        tokenizer = load_tokenizer(run_dir_or_model)
+        model = load_sequence_classifier(source.base, dtype)
+    tokenizer = load_tokenizer(source)
     model.eval()
     disable_dropout(model)
     return model, tokenizer

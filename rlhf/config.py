@@ -94,10 +94,13 @@ def parse_overrides(argv: list[str], valid: dict[str, dataclasses.Field]) -> tup
     return config_path, overrides
 
 
-def load_config(cls: type[C], argv: list[str]) -> C:
-    """Build `cls` from `--config FILE.yaml` and `--key value` overrides (CLI wins over the file)."""
+def load_config(cls: type[C], argv: list[str], overrides: dict[str, Any] | None = None) -> C:
+    """Build `cls` from `--config FILE.yaml`, then `--key value` arguments, then `overrides` (later wins)."""
     valid = config_keys(cls)
-    config_path, overrides = parse_overrides(argv, valid)
+    config_path, cli_values = parse_overrides(argv, valid)
+    for name in overrides or {}:
+        if name not in valid:
+            raise _unknown_key(name, valid, "overrides")
     values: dict[str, Any] = {}
     where = "command line"
     if config_path:
@@ -107,7 +110,8 @@ def load_config(cls: type[C], argv: list[str]) -> C:
                 raise _unknown_key(key, valid, f"{config_path}:{lines.get(key, '?')}")
         values.update(data)
         where = config_path
-    values.update(overrides)
+    values.update(cli_values)
+    values.update(overrides or {})
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

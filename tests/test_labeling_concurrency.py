@@ -114,6 +114,8 @@ def test_twenty_annotators_in_parallel_lose_and_duplicate_nothing(tmp_path):
         assert (rows, distinct) == (1000, 1000)
         per_pair = conn.execute("SELECT COUNT(*) FROM labels GROUP BY pair_id").fetchall()
     assert per_pair == [(20,)] * 50
+    log = db.with_suffix(".log").read_text()
+    assert "POST /api/labels" in log and not any(token in log for token in tokens)  # requests logged, tokens not
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")

@@ -10,8 +10,7 @@ from pathlib import Path
 from reward.labeling.store import Store
 from rlhf.errors import ConfigError
 
-DEFAULT_GUIDELINES = Path(__file__).resolve().parents[2] / "configs" / "labeling" / "guidelines.md"
-NO_GUIDELINES = "No guidelines were given. Start the server with `--guidelines FILE.md` to show them here."
+DEFAULT_GUIDELINES = Path(__file__).resolve().parent / "guidelines.md"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -65,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read_guidelines(path: Path | None) -> str:
     if path is None:
-        return DEFAULT_GUIDELINES.read_text(encoding="utf-8") if DEFAULT_GUIDELINES.exists() else NO_GUIDELINES
+        return DEFAULT_GUIDELINES.read_text(encoding="utf-8")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

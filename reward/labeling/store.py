@@ -206,12 +206,11 @@ class Store:
             raise LabelingError(f"{self.path}: no labeling database here (create one with `rlhf label import`)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA.split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("COMMIT")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+            except sqlite3.DatabaseError as e:
+                raise LabelingError(f"{self.path}: not a usable labeling database: {e}") from e
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -227,13 +226,6 @@ class Store:
                 raise LabelingError(f"{self.path}: cannot open database: {e}") from e
             self._local.conn = conn
         yield conn
-
-    def close(self) -> None:
-        """Close the calling thread's connection (others close when their threads end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -140,21 +140,17 @@
     if (state.busy || !state.pair) return;
     state.busy = true;
     const timeMs = Math.round(performance.now() - state.shownAt);
+    let moveOn = true;
     try {
       const result = await api("/api/labels", { pair_id: state.pair.id, time_ms: timeMs, ...label });
       showProgress(result.progress);
       toast(label.choice === "skip" ? "Skipped" : "Saved");
-      await loadNext();
     } catch (error) {
-      if (error.status === 409) {
-        toast(error.message, true);
-        await loadNext();
-      } else if (error.status !== 401) {
-        toast(`Could not save: ${error.message}`, true);
-      }
-    } finally {
-      state.busy = false;
+      moveOn = error.status === 409;  // already labeled, or no longer assigned: go on to the next pair
+      if (error.status !== 401) toast(moveOn ? error.message : `Could not save: ${error.message}`, true);
     }
+    if (moveOn) await loadNext().catch((error) => toast(`Could not load the next pair: ${error.message}`, true));
+    state.busy = false;
   }
 
   function submit() {
@@ -274,9 +270,13 @@
 
   async function toggleGuidelines(open = $("guidelines").hidden) {
     if (open && !state.guidelinesLoaded) {
-      const data = await api("/api/guidelines");
-      renderMarkdown(data.markdown, $("guidelines-body"));
-      state.guidelinesLoaded = true;
+      try {
+        renderMarkdown((await api("/api/guidelines")).markdown, $("guidelines-body"));
+        state.guidelinesLoaded = true;
+      } catch (error) {
+        if (error.status !== 401) toast(`Could not load the guidelines: ${error.message}`, true);
+        return;
+      }
     }
     $("guidelines").hidden = !open;
     $("guidelines-button").setAttribute("aria-expanded", String(open));

@@ -1,0 +1,175 @@
+"""`rlhf pipeline --config configs/demo/pipeline.yaml`: every stage in order, into one run folder.
+
+  base/    the starting model (built offline by `rlhf tiny-model`, or `base_model` if given)
+  sft/     SFT run directory                       (rlhf.sft)
+  labels/  labels.sqlite, prefs.jsonl, stats.json  (reward.labeling: sampled pairs, simulated annotators, export)
+  rm/      reward-model run directory             (reward.train)
+  ppo/     PPO run directory                      (rlhf.ppo.train)
+  eval/    eval.json and eval.md: PPO policy vs the SFT policy on held-out prompts
+Stages whose output is complete are skipped, so the same command resumes an interrupted pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rlhf import runs
+from rlhf.config import dump_json, key, load_config, save_config, wants_help
+
+
+@dataclass
+class PipelineConfig:
+    output_dir: str = key("runs/demo", "the pipeline's run folder (one sub-folder per stage)")
+    seed: int = key(0, "seed of every stage")
+    report_to: Any = key("none", "tracker of every stage: none | wandb | tensorboard (one W&B group per pipeline)")
+    base_model: str | None = key(None, "model to start from (name or folder); null: build a tiny model offline")
+    tiny_arch: str = key("llama", "architecture of the tiny base model")
+    tiny_hidden: int = key(64, "hidden size of the tiny base model")
+    tiny_layers: int = key(2, "layers of the tiny base model")
+    tiny_heads: int = key(4, "attention heads of the tiny base model")
+    tokenizer_corpus: str | None = key(None, "extra text the tiny model's tokenizer is trained on")
+    sft_config: str = key("configs/demo/sft.yaml", "SFT stage config")
+    reward_config: str = key("configs/demo/reward.yaml", "reward stage config")
+    ppo_config: str = key("configs/demo/ppo.yaml", "PPO stage config")
+    sft_overrides: dict = key({}, "keys that override the SFT config, e.g. {max_steps: 20}")
+    reward_overrides: dict = key({}, "keys that override the reward config")
+    ppo_overrides: dict = key({}, "keys that override the PPO config")
+    label_prompts: str = key("configs/demo/label_prompts.jsonl", "prompts whose SFT samples are labeled")
+    label_samples: int = key(2, "completions per label prompt (every two distinct ones make a pair)")
+    label_temperature: float = key(1.0, "sampling temperature of the candidates")
+    label_max_new_tokens: int = key(48, "length limit of the candidates")
+    annotators: int = key(3, "simulated annotators (each pair is labeled by all of them)")
+    annotator_rule: str = key("rlhf.demo_task:judge", "module:function judging (prompt, a, b) -> 'a' | 'b' | 'tie'")
+    annotator_noise: float = key(0.1, "probability that an annotator answers with a coin flip")
+    min_votes: int = key(2, "pairs with fewer votes are not exported")
+    eval_prompts: str = key("configs/demo/eval_prompts.jsonl", "held-out prompts for the final evaluation")
+    gold_judge: str | None = key("rlhf.demo_task:gold_score", "module:function(prompt, response) -> gold score")
+    eval_max_new_tokens: int = key(48, "length limit of the evaluation samples")
+
+
+def stage_config(cls, yaml_path: str, wiring: dict, overrides: dict, config: PipelineConfig):
+    """A stage's config: its YAML, then the pipeline's wiring (paths, seed, tracker), then user overrides."""
+    return load_config(cls, ["--config", yaml_path], {**wiring, "seed": config.seed, "report_to": config.report_to, **overrides})
+
+
+def build_base(config: PipelineConfig, root: Path) -> None:
+    from rlhf.tiny import make_tiny_model
+
+    extra = Path(config.tokenizer_corpus).read_text(encoding="utf-8") if config.tokenizer_corpus else ""
+    make_tiny_model(root / "base", config.tiny_arch, config.tiny_hidden, config.tiny_layers, config.tiny_heads,
+                    config.seed, extra)
+
+
+def base_path(config: PipelineConfig, root: Path) -> str:
+    return config.base_model or str(root / "base")
+
+
+def train_sft(config: PipelineConfig, root: Path) -> None:
+    from rlhf import sft
+
+    wiring = {"model_name_or_path": base_path(config, root), "output_dir": str(root / "sft")}
+    sft.run(stage_config(sft.SFTStageConfig, config.sft_config, wiring, config.sft_overrides, config))
+
+
+def collect_labels(config: PipelineConfig, root: Path) -> None:
+    """Sample candidate pairs from the SFT policy, have the simulated annotators label them, export."""
+    from reward.labeling.export import export_file
+    from reward.labeling.generate import Sampling, generate_pairs
+    from reward.labeling.simulate import load_rule, simulate_annotators
+    from reward.labeling.stats import compute_stats
+    from reward.labeling.store import Store
+
+    folder = root / "labels"
+    store = Store(folder / "labels.sqlite")
+    store.set_overlap(config.annotators)
+    sampling = Sampling(config.label_samples, config.label_max_new_tokens, config.label_temperature, 1.0, config.seed)
+    pairs, left_out = generate_pairs(str(root / "sft"), config.label_prompts, sampling)
+    added, present = store.add_pairs(pairs)
+    print(f"  {added} new pairs ({present} already stored, {left_out} empty or repeated samples left out)")
+    written = simulate_annotators(folder / "labels.sqlite", load_rule(config.annotator_rule), config.annotators,
+                                  config.annotator_noise, config.seed)
+    print(f"  {config.annotators} simulated annotators wrote {written} labels")
+    result = export_file(store, folder / "prefs.jsonl", min_votes=config.min_votes)
+    print("  " + result.summary().replace("\n", "\n  "))
+    dump_json(compute_stats(store), folder / "stats.json")
+
+
+def train_reward(config: PipelineConfig, root: Path) -> None:
+    from reward import train
+
+    wiring = {"model_name_or_path": str(root / "sft"), "dataset_path": str(root / "labels" / "prefs.jsonl"),
+              "output_dir": str(root / "rm")}
+    train.run(stage_config(train.RewardStageConfig, config.reward_config, wiring, config.reward_overrides, config))
+
+
+def train_ppo(config: PipelineConfig, root: Path) -> None:
+    from rlhf.ppo import train
+
+    wiring = {"policy_path": str(root / "sft"), "reward_model_path": str(root / "rm"),
+              "output_dir": str(root / "ppo")}
+    train.run(stage_config(train.PPOConfig, config.ppo_config, wiring, config.ppo_overrides, config))
+
+
+def evaluate(config: PipelineConfig, root: Path) -> None:
+    from rlhf import evaluate as ev
+
+    ev.run_eval(policy=str(root / "ppo"), baseline=str(root / "sft"), prompts=config.eval_prompts,
+                reward_model=str(root / "rm"), judge=config.gold_judge, out=root / "eval",
+                max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
+
+
+def report(config: PipelineConfig, root: Path) -> None:
+    from rlhf import report as rp
+
+    for name in ("sft", "rm", "ppo"):
+        rp.plot_run(root / name)
+
+
+# name -> (work, "is it done?")
+STAGES: dict[str, tuple[Callable[[PipelineConfig, Path], None], Callable[[PipelineConfig, Path], bool]]] = {
+    "base": (build_base, lambda c, r: c.base_model is not None or (r / "base" / "config.json").is_file()),
+    "sft": (train_sft, lambda c, r: runs.is_finished(r / "sft")),
+    "labels": (collect_labels, lambda c, r: (r / "labels" / "stats.json").is_file()),
+    "reward": (train_reward, lambda c, r: runs.is_finished(r / "rm")),
+    "ppo": (train_ppo, lambda c, r: runs.is_finished(r / "ppo")),
+    "eval": (evaluate, lambda c, r: (r / "eval" / "eval.json").is_file()),
+    "report": (report, lambda c, r: (r / "ppo" / "report.png").is_file()),
+}
+
+
+def run(config: PipelineConfig) -> dict[str, float]:
+    """Run (or finish) every stage; returns seconds per stage (0 for skipped ones)."""
+    root = Path(config.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(config, root / "pipeline.yaml")
+    os.environ.setdefault("WANDB_RUN_GROUP", f"pipeline-{root.resolve().name}")
+    timings_path = root / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    for i, (name, (work, done)) in enumerate(STAGES.items(), start=1):
+        prefix = f"[{i}/{len(STAGES)}] {name}"
+        if done(config, root):
+            print(f"{prefix}: complete, skipped", flush=True)
+            continue
+        print(f"{prefix}: running", flush=True)
+        start = time.perf_counter()
+        work(config, root)
+        timings[name] = round(time.perf_counter() - start, 1)
+        dump_json(timings, timings_path)
+        print(f"{prefix}: done in {timings[name]:.1f} s", flush=True)
+    table = root / "eval" / "eval.md"
+    if table.is_file():
+        print("\n" + table.read_text())
+    print(f"total {sum(timings.values()):.0f} s; outputs in {root}")
+    return timings
+
+
+def main(argv: list[str]) -> int:
+    if wants_help(argv, PipelineConfig, __doc__.splitlines()[0]):
+        return 0
+    run(load_config(PipelineConfig, argv))
+    return 0
