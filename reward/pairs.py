@@ -26,7 +26,7 @@ from rlhf.errors import ConfigError, DataError
 from rlhf.io import Row
 
 FORMATS = ("pairs", "hosted", "hh", "label_export")
-VOTE_FIELDS = ("pair_id", "votes_chosen", "votes_rejected", "n_votes")
+VOTE_FIELDS = ("votes_chosen", "votes_rejected", "n_votes")  # with `pair_id`: what marks the labeling app's export
 HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
@@ -73,11 +73,11 @@ def _number(row: Row, name: str) -> float:
     """A finite number (CSV cells arrive as text)."""
     value = required(row, name)
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DataError(row.where, f"expected a number, got {value!r}", field=name) from None
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None:
+        raise DataError(row.where, f"expected a number, got {value!r}", field=name)
     if not math.isfinite(number):
         raise DataError(row.where, f"expected a finite number, got {value!r}", field=name)
     return number
@@ -160,7 +160,7 @@ def parse_row(row: Row, fmt: str, margin_column: str | None) -> Pair:
         raise DataError(row.where, "identical to 'chosen'", field="rejected")
     if fmt == "label_export":
         required(row, "pair_id")
-        for name in VOTE_FIELDS[1:]:
+        for name in VOTE_FIELDS:
             if _number(row, name) < 0:
                 raise DataError(row.where, "must not be negative", field=name)
     margin = _number(row, margin_column) if margin_column else None

@@ -40,8 +40,8 @@ class RewardStageConfig(hf_stage.StageArgs, RewardConfig):
         self.apply_stage_defaults(default_lr=1e-4)
         if self.data_format not in ("auto", *pairs_lib.FORMATS):
             raise ConfigError(f"data_format '{self.data_format}' is not one of auto, {', '.join(pairs_lib.FORMATS)}")
-        if any(not isinstance(e, (int, float)) for e in self.margin_buckets) or self.margin_buckets != sorted(
-                self.margin_buckets):
+        edges = self.margin_buckets
+        if not all(isinstance(e, (int, float)) for e in edges) or edges != sorted(edges):
             raise ConfigError(f"margin_buckets {self.margin_buckets} must be increasing numbers")
         super().__post_init__()
 
@@ -156,7 +156,8 @@ def run(config: RewardStageConfig, callbacks: tuple = ()) -> dict:
         processing_class=tokenizer, peft_config=hf_stage.peft_config(config, "SEQ_CLS"),
         margin_buckets=config.margin_buckets,
     )
-    counts = {f"{name}_{what}": getattr(r, what) for name, r in reports.items() for what in ("rows", "too_long", "dropped")}
+    counts = {f"{name}_{what}": getattr(report, what)
+              for name, report in reports.items() for what in ("rows", "too_long", "dropped")}
     counts["bad_rows_dropped"] = len(dropped)
     return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": counts}, callbacks,
                                      perplexity=False, after_test=lambda t: reward_stats(t, run_dir))

@@ -162,19 +162,26 @@ def metric_names(logs: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare_run_dir(config, stage: str) -> tuple[Path, Path | None]:
-    """Write config.yaml, point the trainer at checkpoints/, and find the checkpoint to resume from."""
+    """Write config.yaml, point the trainer at checkpoints/, and find the checkpoint to resume from.
+
+    Only the main process writes; the others wait for it, then all resume from the same checkpoint.
+    """
     run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    main = config.process_index == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
     runs.setup_tracking(config.report_to, run_dir, stage)
     config.output_dir = str(run_dir / runs.CHECKPOINTS)
     config.logging_dir = str(run_dir / "tensorboard")
     if not config.run_name or config.run_name == str(run_dir / runs.CHECKPOINTS):
         config.run_name = f"{run_dir.name}-{stage}"
-    for broken in runs.discard_incomplete_checkpoints(run_dir):
+    for broken in runs.discard_incomplete_checkpoints(run_dir) if main else ():
         print(f"removed incomplete checkpoint {broken}")
+    config.distributed_state.wait_for_everyone()
     resume = runs.last_checkpoint(run_dir)
-    runs.MetricsFile(run_dir).truncate_after(runs.checkpoint_step(resume) if resume else 0)
+    if main:
+        runs.MetricsFile(run_dir).truncate_after(runs.checkpoint_step(resume) if resume else 0)
     if resume:
         print(f"resuming from {resume}")
     return run_dir, resume
@@ -196,8 +203,8 @@ def train_and_finish(trainer, run_dir: Path, resume: Path | None, test_dataset, 
     for cb in callbacks:
         trainer.add_callback(cb)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
-               "world_size": trainer.accelerator.num_processes, **extra_summary}
+    summary = {"global_step": trainer.state.global_step, "world_size": trainer.accelerator.num_processes,
+               "train_loss": mean_over_processes(trainer, result.training_loss), **extra_summary}
     if test_dataset is not None and len(test_dataset):
         test = trainer.evaluate(test_dataset, metric_key_prefix="test")
         summary.update(metric_names(test))  # the trainer already logged these to metrics.jsonl
@@ -212,6 +219,13 @@ def train_and_finish(trainer, run_dir: Path, resume: Path | None, test_dataset, 
     if trainer.is_world_process_zero():
         runs.write_summary(run_dir, summary)
     return summary
+
+
+def mean_over_processes(trainer, value: float) -> float:
+    """The trainer's `training_loss` covers only the steps its own process saw since the last log."""
+    import torch
+
+    return trainer.accelerator.reduce(torch.tensor(value, device=trainer.accelerator.device), "mean").item()
 
 
 def save_final(trainer, run_dir: Path, tokenizer) -> None:

@@ -182,14 +182,15 @@ class PeakRSS(threading.Thread):
             self.done.wait(SAMPLE_INTERVAL_S)
 
 
-def measure(cmd: list[str], log: Path) -> dict[str, Any]:
-    """Run `cmd` (which writes its result JSON to the path after `--result`), with peak RSS and wall time."""
+def measure(cmd: list[str], log: Path, threads: int | None) -> dict[str, Any]:
+    """Run `cmd` (which writes its result JSON to the path after `--result`), with peak RSS and wall time.
+    `threads`: torch's intra-op threads in the subprocess (None: torch's default, one per core)."""
     result = log.with_suffix(".json")
     result.unlink(missing_ok=True)
     started = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen([*cmd, "--result", str(result)], stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **WORKER_ENV})
+                                   env={**os.environ, **WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {})})
         sampler = PeakRSS(process.pid)
         sampler.start()
         code = process.wait()
@@ -199,8 +200,7 @@ def measure(cmd: list[str], log: Path) -> dict[str, Any]:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {code}); last lines of {log}:\n{tail}")
     measured = json.loads(result.read_text())
-    own_peak = measured.pop("ru_maxrss_mb")  # the worker's own exact peak; the sampled tree total is at least this
-    measured["peak_rss_mb"] = max(sampler.peak / 2**20, own_peak)
+    measured["peak_rss_mb"] = sampler.peak / 2**20
     measured["wall_s"] = time.perf_counter() - started
     return measured
 
@@ -346,15 +346,12 @@ WORKERS = {"sft-ours": sft_ours, "sft-anchor": sft_anchor, "reward-ours": reward
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    """One measured run in this process; writes its result (with the process's own peak RSS) to --result."""
-    import resource
-
+    """One measured run in this process; writes its result to --result."""
     spec = json.loads(args.spec)
     s = Settings(**spec["settings"])
     data = {name: Path(path) for name, path in spec["data"].items()}
     extra = (Path(spec["reward_run"]),) if args.worker == "ppo-ours" else ()
     result = WORKERS[args.worker](s, Path(spec["model"]), data, Path(spec["out"]), *extra)
-    result["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     Path(args.result).write_text(json.dumps(result))
     return 0
 
@@ -362,7 +359,8 @@ def worker_main(args: argparse.Namespace) -> int:
 # ---- the benchmark ---------------------------------------------------------------------------------
 
 
-def run_side(stage: str, side: str, s: Settings, inputs: dict[str, Any], workdir: Path, rep: int) -> dict:
+def run_side(stage: str, side: str, s: Settings, inputs: dict[str, Any], workdir: Path, rep: int,
+             threads: int | None) -> dict:
     """One measured run of `stage` on `side` (ours | anchor) in a fresh subprocess."""
     out = workdir / "runs" / f"{stage}-{side}-{rep}"
     shutil.rmtree(out, ignore_errors=True)
@@ -373,7 +371,7 @@ def run_side(stage: str, side: str, s: Settings, inputs: dict[str, Any], workdir
                json.dumps({**spec, "reward_model": str(inputs["reward_merged"])})]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{stage}-{side}", "--spec", json.dumps(spec)]
-    return measure(cmd, workdir / "logs" / f"{stage}-{side}-{rep}.log")
+    return measure(cmd, workdir / "logs" / f"{stage}-{side}-{rep}.log", threads)
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -410,12 +408,18 @@ def anchor_versions(python: Path) -> dict[str, str]:
     return json.loads(subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True).stdout)
 
 
-def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, workdir: Path) -> dict[str, Any]:
+def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, workdir: Path,
+              threads: int | None = None) -> dict[str, Any]:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)  # for the matmul measurement, as in the workers
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
     model = prepare_model(workdir, s)
     inputs: dict[str, Any] = {"model": model, "data": prepare_data(workdir)}
-    report: dict[str, Any] = {"settings": dataclasses.asdict(s), "reps": reps, "machine": machine()}
+    report: dict[str, Any] = {"settings": dataclasses.asdict(s), "reps": reps, "machine": machine(),
+                              "threads": torch.get_num_threads()}
     if "ppo" in stages:
         inputs["reward_run"], inputs["reward_merged"] = prepare_ppo_reward(workdir, model, inputs["data"]["prefs"], s)
         if not skip_anchor:
@@ -431,7 +435,7 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
         flops.append(matmul_flops())
         for stage in stages:
             for side in sides:  # alternating, so that load changes on a shared machine hit both sides alike
-                result = run_side(stage, side, s, inputs, workdir, rep)
+                result = run_side(stage, side, s, inputs, workdir, rep, threads)
                 raw[stage][side].append(result)
                 print(f"rep {rep}/{reps} {stage:<6} {side:<6} " + ", ".join(
                     f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)), file=sys.stderr)
@@ -465,7 +469,8 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table: median (min-max) over the repetitions, and ours ÷ anchor of the medians."""
     s, flops = report["settings"], report["matmul_flops"]
     lines = [f"model: Llama-like, hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads, "
-             f"{report['model_parameters'] / 1e6:.1f} M parameters; {report['reps']} repetitions, {s['steps']} steps; "
+             f"{report['model_parameters'] / 1e6:.1f} M parameters; {report['reps']} repetitions, {s['steps']} steps, "
+             f"{report['threads']} torch threads; "
              f"matmul fp32 {flops['median'] / 1e9:.1f} GFLOP/s ({flops['min'] / 1e9:.1f}-{flops['max'] / 1e9:.1f})",
              "", "| stage | metric | ours | anchor | ours ÷ anchor |", "| --- | --- | --- | --- | --- |"]
     for stage in STAGES:
@@ -490,6 +495,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--heads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: one per core); 1 is steadier on a busy machine")
     parser.add_argument("--workdir", default=str(REPO / ".bench" / "work"), help="models, data, run dirs and logs")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -516,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--only: unknown stage(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(STAGES)}")
     if args.reps < 1:
         raise SystemExit("--reps must be at least 1")
-    report = benchmark(stages, settings_from(args), args.reps, args.skip_anchor, Path(args.workdir))
+    report = benchmark(stages, settings_from(args), args.reps, args.skip_anchor, Path(args.workdir), args.threads)
     print(markdown(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -103,9 +102,7 @@ def run(spec: dict) -> dict:
                                target_modules="all-linear", task_type="CAUSAL_LM"),
         callbacks=[step_callback(timer)])
     trainer.train()
-    result = ppo_result(timer.steps, s["batch_size"])
-    result["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
+    return ppo_result(timer.steps, s["batch_size"])
 
 
 def main() -> int:

@@ -32,3 +32,47 @@ def make_tiny(tmp_path_factory, arch: str = "llama", **kwargs) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory, "llama")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: tiny matrices on a busy 2-core machine run several times faster than on two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ppo_runs(tmp_path_factory) -> dict[str, Path]:
+    """For the PPO tests: a tiny base (hidden 32, one layer); an SFT run holding a random non-zero LoRA on it; reward
+    runs as `rlhf reward` writes them (LoRA SEQ_CLS adapter + reward_stats.json), one on the SFT run and one on the
+    bare base; and a prompts file."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.models import load_sequence_classifier, load_tokenizer
+
+    root = tmp_path_factory.mktemp("ppo_runs")
+    base = make_tiny(tmp_path_factory, "llama", hidden=32, layers=1)
+    lora = dict(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    torch.manual_seed(0)
+    sft = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(task_type="CAUSAL_LM", **lora))
+    sft.save_pretrained(root / "sft" / "final")
+    load_tokenizer(base).save_pretrained(root / "sft" / "final")
+    for name, body in (("rm", root / "sft"), ("rm_base", base)):
+        classifier = load_sequence_classifier(str(body))
+        reward = get_peft_model(classifier, LoraConfig(task_type="SEQ_CLS", modules_to_save=["score"], **lora))
+        reward.save_pretrained(root / name / "final")
+        (root / name / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "count": 10}))
+    prompts = [{"prompt": f"Tell me about the number {i}."} for i in range(24)]
+    prompts += [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Count to {i}."}]}
+                for i in range(8)]
+    (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    return {"base": base, "sft": root / "sft", "rm": root / "rm", "rm_base": root / "rm_base",
+            "prompts": root / "prompts.jsonl"}

@@ -33,7 +33,8 @@ def weights_hash(model) -> str:
 
 def row_fingerprints(input_ids: torch.Tensor, pad_id: int) -> list[str]:
     """One short hash per row of token ids, padding removed."""
-    return [hashlib.sha256(str([t for t in row.tolist() if t != pad_id]).encode()).hexdigest()[:16] for row in input_ids]
+    rows = [str([t for t in row.tolist() if t != pad_id]) for row in input_ids]
+    return [hashlib.sha256(row.encode()).hexdigest()[:16] for row in rows]
 
 
 class CrashAfterSave(TrainerCallback):

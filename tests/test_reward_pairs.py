@@ -9,6 +9,7 @@ from reward import pairs as pairs_lib
 from reward.pairs import Pair, load_pairs, render
 from rlhf import cli
 from rlhf.errors import DataError
+from rlhf.io import Row
 
 PICNIC = [{"role": "user", "content": "Can you help me plan a picnic?"},
           {"role": "assistant", "content": "Of course. Where would you like to go?"},
@@ -38,6 +39,13 @@ def test_margin_column_is_optional_and_can_be_ignored(tmp_path):
     assert load_pairs(path)[0][0].margin is None
     label_export = DATA / "prefs_label_export.jsonl"
     assert [p.margin for p in load_pairs(label_export, margin_column=None)[0]] == [None, None]
+
+
+def test_an_id_column_alone_does_not_make_a_label_export(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    path.write_text(json.dumps({**GOOD, "pair_id": "x1"}) + "\n")
+    assert pairs_lib.detect_format([Row("x", {**GOOD, "pair_id": "x1"})]) == "pairs"
+    assert load_pairs(path)[0][0].chosen == GOOD["chosen"]
 
 
 def test_render_applies_the_chat_template_once(tiny_llama):

@@ -39,7 +39,7 @@ def write_pairs(path, n=None, margins=False):
 
 
 def split_of(config, name):
-    pairs, _ = load_pairs(config.dataset_path)
+    pairs, _ = load_pairs(config.dataset_path, drop_bad_rows=config.drop_bad_rows)
     return hf_stage.split(pairs, {"train": pairs}, config.val_ratio, config.test_ratio, config.seed)[name]
 
 
@@ -105,11 +105,13 @@ def test_reward_stats_and_score_command(trained, tmp_path, capsys):
     pairs_file.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
                                               "margin": p.margin}) + "\n" for p in test))
     texts_file.write_text("".join(json.dumps({"prompt": p.prompt, "response": p.chosen}) + "\n" for p in test))
-    assert cli.main(["score", "--model", str(run_dir), "--input", str(pairs_file), "--out", str(tmp_path / "s.jsonl")]) == 0
+    assert cli.main(["score", "--model", str(run_dir), "--input", str(pairs_file), "--out", str(tmp_path / "s.jsonl")
+                     ]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["accuracy"] == summary["test/accuracy"] and printed["pairs"] == 20
     assert printed["margin"] == pytest.approx(summary["test/margin"], rel=1e-4)
-    assert cli.main(["score", "--model", str(run_dir), "--input", str(texts_file), "--out", str(tmp_path / "t.jsonl")]) == 0
+    assert cli.main(["score", "--model", str(run_dir), "--input", str(texts_file), "--out", str(tmp_path / "t.jsonl")
+                     ]) == 0
     scored_pairs = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     scored_texts = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert [r["score"] for r in scored_texts] == pytest.approx([r["chosen_score"] for r in scored_pairs], abs=1e-5)
@@ -121,10 +123,11 @@ def test_margin_and_centering_losses_match_hand_computed_values(tiny_llama, tmp_
     from rlhf.models import load_sequence_classifier, load_tokenizer
 
     def loss(*extra, margin=None):
-        config = reward_config(tiny_llama, DATA / "prefs_polite.jsonl", tmp_path, "--peft_method", "full", "--val_ratio", "0",
-                               *extra)
+        config = reward_config(tiny_llama, DATA / "prefs_polite.jsonl", tmp_path, "--peft_method", "full",
+                               "--val_ratio", "0", *extra)
         trainer = train.PreferenceTrainer(
-            model=load_sequence_classifier(str(tiny_llama)), args=config, processing_class=load_tokenizer(str(tiny_llama)),
+            model=load_sequence_classifier(str(tiny_llama)), args=config,
+            processing_class=load_tokenizer(str(tiny_llama)),
             train_dataset=datasets.Dataset.from_list([{"chosen_ids": [5, 6], "rejected_ids": [7]}]))
         rewards = torch.tensor([[1.0], [-0.5], [0.0], [0.5]])  # chosen (1, -0.5), rejected (0, 0.5)
 
@@ -159,7 +162,8 @@ class StopAt(TrainerCallback):
 
 def small_config(model, data, out, *extra):
     return reward_config(model, data, out, "--max_steps", "8", "--per_device_train_batch_size", "4",
-                         "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "2", "--test_ratio", "0.2", *extra)
+                         "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "2", "--test_ratio", "0.2",
+                         *extra)
 
 
 def train_losses(run_dir):
@@ -189,9 +193,14 @@ def test_reward_model_reloads_on_its_base(tiny_llama, tmp_path, base, method):
             "--output_dir", str(tmp_path / "sft"), "--max_steps", "3", "--learning_rate", "0.01",
             "--val_ratio", "0", "--test_ratio", "0"]))
     start = tmp_path / "sft" if base == "sft" else tiny_llama
-    config = small_config(start, write_pairs(tmp_path / "prefs.jsonl", n=40), tmp_path / "rm", "--max_steps", "4",
-                          "--val_ratio", "0", "--peft_method", method, "--learning_rate", "0.005" if method == "lora" else "0.001")
+    data = write_pairs(tmp_path / "prefs.jsonl", n=40)
+    with data.open("a") as f:  # one bad row, dropped and counted
+        f.write(json.dumps({"prompt": "Hi?", "chosen": "Same.", "rejected": "Same."}) + "\n")
+    config = small_config(start, data, tmp_path / "rm", "--max_steps", "4", "--val_ratio", "0", "--drop_bad_rows",
+                          "true", "--peft_method", method, "--learning_rate", "0.005" if method == "lora" else "0.001")
     summary = train.run(config)
+    counts = summary["data"]
+    assert counts["bad_rows_dropped"] == 1 and counts["train_rows"] + counts["test_rows"] == 40
     final = tmp_path / "rm" / "final"
     test = split_of(config, "test")
     model, tokenizer = load_reward_model(str(tmp_path / "rm"))

@@ -31,7 +31,7 @@ def save_adapter(model: PolicyValueModel, adapter: str, folder: Path) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    weights = get_peft_model_state_dict(model.peft, adapter_name=adapter)
+    weights = get_peft_model_state_dict(model.peft, adapter_name=adapter, save_embedding_layers=False)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(folder / ADAPTER_WEIGHTS))
     config = copy.deepcopy(model.peft.peft_config[adapter])
     config.inference_mode = True

@@ -121,9 +121,11 @@ def adapter_parameters(peft_model, adapter: str) -> list[nn.Parameter]:
 
 
 class Reward:
-    """Scores of (prompt, response) pairs [B]; `stats` = the reward model's {"mean", "std"} when it has them."""
+    """Scores of (prompt, response) pairs [B]; `stats` = the reward model's {"mean", "std"} when it has them;
+    `modules` = the modules whose weights it uses."""
 
     stats: dict[str, float] | None = None
+    modules: list[nn.Module] = []
 
     def __call__(self, prompts: list, responses: list[str]) -> torch.Tensor:
         raise NotImplementedError
@@ -146,9 +148,9 @@ class ModelReward(Reward):
     """A reward model reading `reward.pairs.render(prompt, response)`, scored at the last non-padding token."""
 
     def __init__(self, tokenizer, scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 stats: dict[str, float] | None, device, shares_base: bool):
+                 stats: dict[str, float] | None, device, modules: list[nn.Module], shares_base: bool):
         self.tokenizer, self.scores_of, self.stats, self.device = tokenizer, scores_of, stats, device
-        self.shares_base = shares_base
+        self.modules, self.shares_base = modules, shares_base
 
     @torch.no_grad()
     def __call__(self, prompts, responses):
@@ -332,8 +334,8 @@ def normalisation(config, stats: dict[str, float] | None) -> dict[str, float] | 
     return stats if config.normalize_scores else None
 
 
-def build(config, device) -> tuple[PolicyValueModel, Reward, Any, dict[str, Any]]:
-    """(policy+value model, reward, policy tokenizer, facts for the log and summary) for a PPO config."""
+def build(config, device) -> tuple[PolicyValueModel, Reward, dict[str, Any]]:
+    """(policy+value model, reward, facts for the log and summary) for a PPO config."""
     from peft import get_peft_model
 
     policy_source = resolve(config.policy_path)
@@ -366,7 +368,7 @@ def build(config, device) -> tuple[PolicyValueModel, Reward, Any, dict[str, Any]
     else:
         reward = separate_reward(config.reward_model_path, stats, device)
     info["trainable_parameters"] = sum(p.numel() for p in model.trainable_parameters())
-    return model, reward, load_tokenizer(config.policy_path, padding_side="left"), info
+    return model, reward, info
 
 
 def shared_reward(model: PolicyValueModel, reward_path: str, score: dict[str, torch.Tensor],
@@ -387,7 +389,7 @@ def shared_reward(model: PolicyValueModel, reward_path: str, score: dict[str, to
         last = hidden[rows, last_token_index(input_ids, tokenizer.pad_token_id)]
         return head(last.to(head.weight.dtype)).squeeze(-1)
 
-    return ModelReward(tokenizer, scores_of, stats, device, shares_base=True)
+    return ModelReward(tokenizer, scores_of, stats, device, [model, head], shares_base=True)
 
 
 def separate_reward(reward_path: str, stats: dict[str, float] | None, device) -> ModelReward:
@@ -404,4 +406,4 @@ def separate_reward(reward_path: str, stats: dict[str, float] | None, device) ->
         out = classifier(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
         return out.logits[:, 0]
 
-    return ModelReward(tokenizer, scores_of, stats, device, shares_base=False)
+    return ModelReward(tokenizer, scores_of, stats, device, [classifier], shares_base=False)

@@ -19,8 +19,10 @@ from typing import Any
 import torch
 
 from rlhf import runs
-from rlhf.config import config_to_dict, key, load_config, save_config, wants_help
+from rlhf.config import config_to_dict, key, load_config, on_gpu, save_config, wants_help
 from rlhf.errors import ConfigError
+from rlhf.hf_stage import launched_processes
+from rlhf.models import load_tokenizer
 from rlhf.ppo import checkpoint, core, models, rollout
 
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -226,16 +228,18 @@ def run(config: PPOConfig) -> dict[str, Any]:
         return runs.read_summary(config.output_dir)
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = Accelerator(
+        cpu=not on_gpu() and launched_processes() > 1,  # several CPU processes: one gloo group (see hf_stage)
         gradient_accumulation_steps=config.gradient_accumulation_steps, log_with=trackers(config.report_to) or None,
         step_scheduler_with_optimizer=False,  # the scheduler steps once per optimizer step, on any process count
         project_config=ProjectConfiguration(project_dir=config.output_dir,
                                             logging_dir=str(Path(config.output_dir) / "tensorboard")))
     local_rows, micro = config.per_process(accelerator.num_processes)
+    tokenizer = load_tokenizer(config.policy_path, padding_side="left")
+    data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)  # bad rows fail here
     run_dir, resume = prepare_run_dir(config, accelerator)
 
     set_seed(config.seed)
-    model, reward, tokenizer, info = models.build(config, accelerator.device)
-    data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)
+    model, reward, info = models.build(config, accelerator.device)
     stats = models.normalisation(config, reward.stats)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=0,
@@ -255,7 +259,8 @@ def run(config: PPOConfig) -> dict[str, Any]:
         runs.MetricsFile(run_dir).truncate_after(start)
         runs.MetricsFile(run_dir, COMPLETIONS).truncate_after(start)
         (run_dir / runs.SUMMARY).unlink(missing_ok=True)  # a finished run extended to more steps is unfinished again
-    accelerator.init_trackers(os.environ.get("WANDB_PROJECT", "rlhf"), config=config_to_dict(config))
+    hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config_to_dict(config).items()}
+    accelerator.init_trackers(os.environ.get("WANDB_PROJECT", "rlhf"), config=hparams)  # TensorBoard: scalars only
 
     metrics: dict[str, float] = {}
     progress = tqdm(total=config.max_steps, initial=start, disable=not accelerator.is_main_process, desc="ppo")

@@ -1,0 +1,154 @@
+"""The PPO model set: one base in memory, the reference is the SFT model, the shared reward is the reward model."""
+
+import pytest
+import torch
+from peft import PeftModel
+
+from reward.score import load_reward_model, score_texts
+from rlhf.errors import ConfigError
+from rlhf.models import load_causal_lm, load_tokenizer
+from rlhf.ppo import models, rollout
+from rlhf.ppo.train import PPOConfig
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def config(runs, **overrides):
+    keys = dict(policy_path=str(runs["sft"]), reward_model_path=str(runs["rm"]), dataset_path=str(runs["prompts"]),
+                lora_r=4, lora_alpha=8)
+    return PPOConfig(**{**keys, **overrides})
+
+
+def sampled(model, tokenizer, runs, n=4):
+    """(ids, attention mask, prompt length) of a few sampled prompt + response sequences."""
+    texts = rollout.read_prompts(str(runs["prompts"]), tokenizer, 512).texts[-n:]  # includes message-list prompts
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    ids = rollout.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], 6, 1.0, 1.0)
+    mask, _ = rollout.response_mask(ids[:, batch["input_ids"].shape[1]:], tokenizer.eos_token_id)
+    return ids, torch.cat([batch["attention_mask"], mask.long()], 1), batch["input_ids"].shape[1]
+
+
+def base_storages(modules) -> set[int]:
+    """Storages of the weights reachable from `modules`, except LoRA weights and scalar (value, score) heads."""
+    heads = {id(p) for m in modules for sub in m.modules()
+             if isinstance(sub, torch.nn.Linear) and sub.out_features == 1 for p in sub.parameters()}
+    return {p.untyped_storage().data_ptr() for m in modules for name, p in m.named_parameters()
+            if "lora_" not in name and id(p) not in heads}
+
+
+def test_one_copy_of_the_base_weights(ppo_runs):
+    model, reward, info = models.build(config(ppo_runs), "cpu")
+    assert reward.shares_base and info["reward"].startswith("shared base")
+    assert set(model.peft.peft_config) == {models.POLICY, models.REWARD, models.VALUE}
+    policy = reference = value = [model.peft]  # the reference is model.peft with adapters disabled
+    storages = base_storages(policy + reference + value + [model.value_head] + reward.modules)
+    n_base_tensors = len(list(load_causal_lm(str(ppo_runs["sft"])).parameters()))
+    assert len(storages) == n_base_tensors
+
+    # A reward model on another base cannot share it: then there are two copies.
+    model, reward, info = models.build(config(ppo_runs, reward_model_path=str(ppo_runs["rm_base"])), "cpu")
+    assert not reward.shares_base and "different base weights" in info["reward"]
+    assert len(base_storages([model.peft] + reward.modules)) > 1.9 * n_base_tensors
+
+
+def test_reference_is_the_sft_model_and_the_policy_starts_there(ppo_runs):
+    model, _, _ = models.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len"), "cpu")
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
+    sft = load_causal_lm(str(ppo_runs["sft"])).eval()
+    with torch.no_grad():
+        expected = sft(input_ids=ids, attention_mask=attention_mask,
+                       position_ids=models.position_ids(attention_mask)).logits[:, prompt_length - 1:-1]
+        reference = model.reference_logits(ids, attention_mask, prompt_length)
+        policy, values = model(ids, attention_mask, prompt_length)
+    tokens = ids[:, prompt_length:]
+    torch.testing.assert_close(rollout.core.logprobs_from_logits(reference, tokens, 0.7),
+                               rollout.core.logprobs_from_logits(expected, tokens, 0.7), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(policy, expected, atol=1e-5, rtol=1e-5)  # a fresh LoRA adds nothing yet
+    assert torch.equal(values, torch.zeros_like(values))  # fresh value head (no reward model to start from)
+    # ...but the SFT adapter is merged in: the bare base gives other log-probs.
+    bare = load_causal_lm(str(ppo_runs["base"])).eval()
+    with torch.no_grad():
+        assert not torch.allclose(bare(input_ids=ids, attention_mask=attention_mask).logits[:, prompt_length - 1:-1],
+                                  expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("reward_run", ["rm", "rm_base"])
+def test_reward_scores_equal_the_reward_model(ppo_runs, reward_run):
+    model, reward, _ = models.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
+    assert reward.shares_base == (reward_run == "rm")
+    prompts = ["Tell me about the number 3.", [{"role": "user", "content": "Count to 2."}], "Hi"]
+    responses = ["It is odd.", "1, 2", ""]
+    classifier, reward_tokenizer = load_reward_model(str(ppo_runs[reward_run]))
+    expected = score_texts(classifier, reward_tokenizer, prompts, responses)
+    torch.testing.assert_close(reward(prompts, responses), expected, atol=1e-5, rtol=1e-5)
+    assert expected.std() > 0
+
+
+def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):
+    model, reward, _ = models.build(config(ppo_runs), "cpu")
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    classifier, reward_tokenizer = load_reward_model(str(ppo_runs["rm"]))
+    ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
+    with torch.no_grad():
+        _, values = model(ids, attention_mask, prompt_length)
+        # The value at the last position of the full sequence is the classifier's score of that sequence.
+        last = classifier(input_ids=ids, attention_mask=attention_mask,
+                          position_ids=models.position_ids(attention_mask)).logits[:, 0]
+        hidden = model.hidden_states(models.VALUE, ids, attention_mask)
+        hidden = hidden[torch.arange(len(ids)), models.last_token_index(ids, tokenizer.pad_token_id)]
+    torch.testing.assert_close(model.value_head(hidden).squeeze(-1), (last - 0.5) / 2.0, atol=1e-5, rtol=1e-5)
+    assert values.shape == ids[:, prompt_length:].shape
+
+
+def test_adapter_switching_keeps_exactly_the_trained_weights_trainable(ppo_runs):
+    model, reward, _ = models.build(config(ppo_runs), "cpu")
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    trained = {id(p) for p in model.trainable_parameters()}
+    ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
+    reward(["Hi"], ["there"])
+    model.reference_logits(ids, attention_mask, prompt_length)
+    logits, values = model(ids, attention_mask, prompt_length)
+    assert {id(p) for p in model.parameters() if p.requires_grad} == trained
+    (logits.float().logsumexp(-1).mean() + values.mean()).backward()
+    assert all(p.grad is not None for p in model.trainable_parameters())
+    reward_lora = models.adapter_parameters(model.peft, models.REWARD)
+    assert reward_lora and all(p.grad is None and not p.requires_grad for p in reward_lora)
+
+
+def test_final_policy_adapter_resolves_through_the_sft_run(ppo_runs, tmp_path):
+    from rlhf.ppo import checkpoint
+
+    model, _, _ = models.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len"), "cpu")
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    with torch.no_grad():
+        for p in models.adapter_parameters(model.peft, models.POLICY):
+            p.add_(0.05 * torch.randn_like(p))
+    checkpoint.save_final(tmp_path, model, tokenizer)
+    ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
+    exported = load_causal_lm(str(tmp_path)).eval()  # base + SFT LoRA merged + policy LoRA merged
+    with torch.no_grad():
+        logits, _ = model(ids, attention_mask, prompt_length)
+        got = exported(input_ids=ids, attention_mask=attention_mask).logits[:, prompt_length - 1:-1]
+    torch.testing.assert_close(got, logits, atol=1e-5, rtol=1e-5)
+    assert isinstance(load_causal_lm(str(tmp_path), merge=False), PeftModel)
+    assert load_tokenizer(str(tmp_path)).eos_token == tokenizer.eos_token
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_size=6, mini_batch_size=4), "not divisible by mini_batch_size"),
+    (dict(mini_batch_size=4, gradient_accumulation_steps=3), "not divisible by gradient_accumulation_steps"),
+    (dict(reward_fn="builtins:len"), "exactly one of reward_model_path and reward_fn"),
+    (dict(value_model="separate"), "value_model 'separate'"),
+    (dict(temperature=0.0), "temperature must be positive"),
+])
+def test_inconsistent_config_is_an_error(ppo_runs, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config(ppo_runs, **overrides)
+
+
+def test_normalising_without_reward_statistics_is_an_error(ppo_runs):
+    with pytest.raises(ConfigError, match="no reward statistics"):
+        models.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", normalize_scores=True), "cpu")

@@ -1,0 +1,104 @@
+"""The PPO loop: it raises a rule-based reward, resumes exactly, stops at the first nan, and writes its run directory."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf import runs
+from rlhf.ppo import train
+from rlhf.ppo.checkpoint import STATE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# LoRA on the output layer too: a random tiny model's final norm bounds what LoRA on the inner layers can do to logits.
+TARGETS = ["q_proj", "v_proj", "lm_head"]
+METRICS = {"ppo/score_mean", "ppo/reward_mean", "ppo/kl", "ppo/kl_coef", "ppo/entropy", "ppo/loss_policy",
+           "ppo/loss_value", "ppo/clipfrac", "ppo/approx_kl", "ppo/response_length", "ppo/eos_fraction",
+           "time/generation_s", "time/scoring_s", "time/training_s"}
+CALLS = {"n": 0}
+
+
+def count_e(prompts, responses):
+    """Rule-based reward: how many letters 'e' the response holds."""
+    return [r.count("e") for r in responses]
+
+
+def nan_on_third_call(prompts, responses):
+    CALLS["n"] += 1
+    return [math.nan if CALLS["n"] == 3 else 1.0 for _ in responses]
+
+
+def ppo_config(ppo_runs, out, **overrides):
+    keys = dict(policy_path=str(ppo_runs["sft"]), reward_fn="test_ppo_train:count_e", dataset_path=str(ppo_runs["prompts"]),
+                output_dir=str(out), batch_size=8, mini_batch_size=4, gradient_accumulation_steps=2, max_new_tokens=6,
+                lora_r=4, lora_alpha=8, lora_target_modules=TARGETS, learning_rate=1e-2, save_steps=2,
+                log_completions_steps=2)
+    return train.PPOConfig(**{**keys, **overrides})
+
+
+def test_mean_score_rises_while_kl_stays_bounded(ppo_runs, tmp_path):
+    config = ppo_config(ppo_runs, tmp_path / "run", max_steps=24, batch_size=16, mini_batch_size=8,
+                        gradient_accumulation_steps=1, max_new_tokens=8, kl_coef=0.2, save_steps=100)
+    summary = train.run(config)
+    metrics = runs.MetricsFile(tmp_path / "run").read()
+    assert [m["step"] for m in metrics] == list(range(1, 25))
+    assert METRICS <= metrics[0].keys()
+    first = sum(m["ppo/score_mean"] for m in metrics[:5]) / 5
+    last = sum(m["ppo/score_mean"] for m in metrics[-5:]) / 5
+    assert last > first + 1.5, (first, last)
+    kl = [m["ppo/kl"] for m in metrics[-5:]]
+    assert 0 < sum(kl) / 5 < 20, kl
+    assert metrics[-1]["ppo/entropy"] < metrics[0]["ppo/entropy"]
+    assert all(m["ppo/reward_mean"] < m["ppo/score_mean"] for m in metrics[-5:])  # the KL penalty is paid
+    assert summary["global_step"] == 24 and runs.is_finished(tmp_path / "run")
+
+
+def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path):
+    # Adaptive KL so that the controller's state matters too.
+    straight = ppo_config(ppo_runs, tmp_path / "straight", max_steps=4, kl_target=0.5, kl_horizon=100)
+    train.run(straight)
+    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=2, kl_target=0.5, kl_horizon=100))
+    assert runs.is_finished(tmp_path / "resumed")
+    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=4, kl_target=0.5, kl_horizon=100))
+
+    final = {name: load_file(tmp_path / name / "final" / "adapter_model.safetensors") for name in ("straight", "resumed")}
+    assert final["straight"].keys() == final["resumed"].keys()
+    for key, tensor in final["straight"].items():
+        torch.testing.assert_close(final["resumed"][key], tensor, atol=1e-6, rtol=1e-5)
+    at_step_2 = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-2" / "policy" / "adapter_model.safetensors")
+    assert any(not torch.equal(at_step_2[k], final["straight"][k]) for k in at_step_2)  # steps 3-4 changed it
+    straight_metrics, resumed_metrics = (runs.MetricsFile(tmp_path / n).read() for n in ("straight", "resumed"))
+    assert [m["step"] for m in resumed_metrics] == [1, 2, 3, 4]
+    for a, b in zip(straight_metrics, resumed_metrics):
+        assert a["ppo/score_mean"] == b["ppo/score_mean"]
+        assert a["ppo/kl_coef"] == pytest.approx(b["ppo/kl_coef"], rel=1e-6)
+    assert straight_metrics[-1]["ppo/kl_coef"] != straight_metrics[0]["ppo/kl_coef"]
+    completions = runs.MetricsFile(tmp_path / "resumed", train.COMPLETIONS).read()
+    assert sorted({c["step"] for c in completions}) == [2, 4]
+    kept = runs.complete_checkpoints(tmp_path / "resumed")
+    assert [p.name for p in kept] == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_nan_score_stops_with_step_and_quantity_and_keeps_the_last_checkpoint(ppo_runs, tmp_path):
+    CALLS["n"] = 0
+    config = ppo_config(ppo_runs, tmp_path / "run", max_steps=4, reward_fn="test_ppo_train:nan_on_third_call",
+                        mini_batch_size=8, gradient_accumulation_steps=1)  # one reward call per step
+    with pytest.raises(FloatingPointError, match="step 3: scores is not finite"):
+        train.run(config)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / runs.CHECKPOINTS).iterdir())
+    assert checkpoints == ["checkpoint-2"]
+    assert json.loads((tmp_path / "run" / runs.CHECKPOINTS / "checkpoint-2" / STATE).read_text())["step"] == 2
+    assert runs.last_checkpoint(tmp_path / "run").name == "checkpoint-2"
+    assert not (tmp_path / "run" / runs.FINAL).exists() and not runs.is_finished(tmp_path / "run")
+
+
+def test_prompt_order_is_seeded_and_covers_the_data(ppo_runs):
+    steps = [train.prompt_indices(step, 8, 20, seed=3) for step in range(1, 6)]
+    flat = [i for step in steps for i in step]
+    assert sorted(flat[:20]) == list(range(20)) and sorted(flat[20:40]) == list(range(20))
+    assert flat[:20] != list(range(20)) and flat[:20] != flat[20:40]  # shuffled, and anew each pass
+    assert steps == [train.prompt_indices(step, 8, 20, seed=3) for step in range(1, 6)]
+    assert train.prompt_indices(1, 8, 20, seed=4) != steps[0]
