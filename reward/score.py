@@ -85,30 +85,30 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, margins: torch.Te
     return out
 
 
-def _text(row: io.Row) -> str:
-    text = pairs_lib.required(row, "text")
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(row.where, "must be a non-empty string", field="text")
-    return text
-
-
-def _score_rows(model, tokenizer, rows: list[io.Row], batch_size: int, max_length: int | None):
-    """(records with a `score`, summary) for {"prompt", "response"} or {"text"} rows."""
+def _text_inputs(rows: list[io.Row]) -> list[tuple]:
+    """(prompt, response) per {"prompt", "response"} row, or (None, text) per {"text"} row, checked."""
     if "text" in rows[0].data:
-        ids = [tokenizer(_text(row), add_special_tokens=False)["input_ids"][:max_length] for row in rows]
-        scores = score_ids(model, tokenizer, ids, batch_size)
-    else:
-        prompts = [pairs_lib.check_prompt(pairs_lib.required(row, "prompt"), row.where, "prompt") for row in rows]
-        responses = [pairs_lib.check_response(pairs_lib.required(row, "response"), row.where, "response")
-                     for row in rows]
-        scores = score_texts(model, tokenizer, prompts, responses, batch_size, max_length)
+        texts = [(row, pairs_lib.required(row, "text")) for row in rows]
+        for row, text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(row.where, "must be a non-empty string", field="text")
+        return [(None, text) for _, text in texts]
+    return [(pairs_lib.check_prompt(pairs_lib.required(row, "prompt"), row.where, "prompt"),
+             pairs_lib.check_response(pairs_lib.required(row, "response"), row.where, "response")) for row in rows]
+
+
+def _score_texts_file(model, tokenizer, rows: list[io.Row], inputs: list[tuple], batch_size: int,
+                      max_length: int | None):
+    """(records with a `score`, summary) for {"prompt", "response"} or {"text"} rows and their `_text_inputs`."""
+    ids = [(tokenizer(r, add_special_tokens=False)["input_ids"] if p is None else pairs_lib.encode(tokenizer, p, r))
+           [:max_length] for p, r in inputs]
+    scores = score_ids(model, tokenizer, ids, batch_size)
     records = [{**row.data, "score": s} for row, s in zip(rows, scores.tolist())]
     return records, {"texts": len(rows), "mean": scores.mean().item(), "std": scores.std(correction=0).item()}
 
 
-def _score_pairs(model, tokenizer, rows: list[io.Row], batch_size: int, max_length: int | None):
+def _score_pairs_file(model, tokenizer, pairs: list[pairs_lib.Pair], batch_size: int, max_length: int | None):
     """(records with both scores, pair metrics) for preference pairs."""
-    pairs, _ = pairs_lib.parse_rows(rows)
     prompts = [p.prompt for p in pairs]
     chosen = score_texts(model, tokenizer, prompts, [p.chosen for p in pairs], batch_size, max_length)
     rejected = score_texts(model, tokenizer, prompts, [p.rejected for p in pairs], batch_size, max_length)
@@ -130,9 +130,14 @@ def main(argv: list[str]) -> int:
     rows = io.read_rows(args.input)
     if not rows:
         raise DataError(args.input, "no rows")
-    model, tokenizer = load_reward_model(args.model)
-    score = _score_rows if {"response", "text"} & rows[0].data.keys() else _score_pairs
-    records, summary = score(model, tokenizer, rows, args.batch_size, args.max_length)
+    if {"response", "text"} & rows[0].data.keys():
+        inputs = _text_inputs(rows)  # bad rows fail before the model is loaded
+        model, tokenizer = load_reward_model(args.model)
+        records, summary = _score_texts_file(model, tokenizer, rows, inputs, args.batch_size, args.max_length)
+    else:
+        pairs, _ = pairs_lib.parse_rows(rows)
+        model, tokenizer = load_reward_model(args.model)
+        records, summary = _score_pairs_file(model, tokenizer, pairs, args.batch_size, args.max_length)
     if args.out:
         io.write_jsonl(args.out, records)
         print(f"wrote {len(records)} scored records to {args.out}")

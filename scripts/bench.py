@@ -109,24 +109,27 @@ def prepare_data(workdir: Path) -> dict[str, Path]:
     return paths
 
 
-def prepare_ppo_reward(workdir: Path, model: Path, prefs: Path, s: Settings) -> tuple[Path, Path]:
-    """(reward run directory on the bench model, the same reward model merged into one classifier folder).
-
-    Ours reads the run directory (its adapter shares the policy's base); the anchor needs a standalone model.
-    """
-    from reward.score import load_reward_model
+def prepare_ppo_reward(workdir: Path, model: Path, prefs: Path, s: Settings) -> Path:
+    """A reward run directory on the bench model (20 steps, not measured): the reward both PPO sides use."""
     from reward.train import RewardStageConfig, run
 
-    run_dir, merged = workdir / f"ppo-reward-{model.name}", workdir / f"ppo-reward-merged-{model.name}"
-    config = RewardStageConfig(model_name_or_path=str(model), dataset_path=str(prefs), output_dir=str(run_dir),
-                               val_ratio=0.0, test_ratio=0.0, save_strategy="no", logging_steps=10,
-                               max_steps=20, **common_train_args(s))
-    run(config)
+    run_dir = workdir / f"ppo-reward-{model.name}"
+    run(RewardStageConfig(model_name_or_path=str(model), dataset_path=str(prefs), output_dir=str(run_dir),
+                          val_ratio=0.0, test_ratio=0.0, save_strategy="no", logging_steps=10, max_steps=20,
+                          **common_train_args(s)))
+    return run_dir
+
+
+def merged_reward(run_dir: Path) -> Path:
+    """The reward run's model as one standalone classifier folder, for the anchor (ours shares the policy's base)."""
+    from reward.score import load_reward_model
+
+    merged = run_dir.with_name(run_dir.name + "-merged")
     if not (merged / "config.json").is_file():
         classifier, tokenizer = load_reward_model(str(run_dir))
         classifier.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
-    return run_dir, merged
+    return merged
 
 
 # ---- the anchor's virtual environment --------------------------------------------------------------
@@ -421,8 +424,9 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
     report: dict[str, Any] = {"settings": dataclasses.asdict(s), "reps": reps, "machine": machine(),
                               "threads": torch.get_num_threads()}
     if "ppo" in stages:
-        inputs["reward_run"], inputs["reward_merged"] = prepare_ppo_reward(workdir, model, inputs["data"]["prefs"], s)
+        inputs["reward_run"] = prepare_ppo_reward(workdir, model, inputs["data"]["prefs"], s)
         if not skip_anchor:
+            inputs["reward_merged"] = merged_reward(inputs["reward_run"])
             inputs["anchor_python"] = anchor_python()
             report["machine"]["anchor_versions"] = anchor_versions(inputs["anchor_python"])
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 
 from conftest import DATA
 from reward import train
-from reward.pairs import encode, load_pairs
+from reward.pairs import encode, load_pairs, render
 from reward.score import load_reward_model, score_texts
 from rlhf import cli, hf_stage, runs, sft
 from rlhf.config import load_config
@@ -112,9 +112,14 @@ def test_reward_stats_and_score_command(trained, tmp_path, capsys):
     assert printed["margin"] == pytest.approx(summary["test/margin"], rel=1e-4)
     assert cli.main(["score", "--model", str(run_dir), "--input", str(texts_file), "--out", str(tmp_path / "t.jsonl")
                      ]) == 0
-    scored_pairs = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
-    scored_texts = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
-    assert [r["score"] for r in scored_texts] == pytest.approx([r["chosen_score"] for r in scored_pairs], abs=1e-5)
+    raw_file = tmp_path / "raw.jsonl"  # already rendered texts are scored verbatim
+    raw_file.write_text("".join(json.dumps({"text": render(tokenizer, p.prompt, p.chosen)}) + "\n" for p in test))
+    assert cli.main(["score", "--model", str(run_dir), "--input", str(raw_file), "--out", str(tmp_path / "r.jsonl")
+                     ]) == 0
+    chosen_scores = [json.loads(line)["chosen_score"] for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    for name in ("t.jsonl", "r.jsonl"):
+        scores = [json.loads(line)["score"] for line in (tmp_path / name).read_text().splitlines()]
+        assert scores == pytest.approx(chosen_scores, abs=1e-5)
 
 
 def test_margin_and_centering_losses_match_hand_computed_values(tiny_llama, tmp_path):

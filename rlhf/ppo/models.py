@@ -15,6 +15,7 @@ import copy
 import hashlib
 import importlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,45 +62,58 @@ class PolicyValueModel(nn.Module):
         for param in self._trainable:  # ...then the trained ones are trainable again
             param.requires_grad_(True)
 
+    @contextmanager
+    def adapter(self, adapter: str | None):
+        """Run with one adapter active (None: all disabled, i.e. the reference), then back to the policy."""
+        try:
+            if adapter is None:
+                with self.peft.disable_adapter():
+                    yield
+            else:
+                self._use(adapter)
+                yield
+        finally:
+            self._use(POLICY)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self._trainable)
 
+    def logits(self, adapter: str | None, input_ids, attention_mask, prompt_length: int, with_hidden: bool = False):
+        """(logits [B, R, V] at the R positions that predict the response, their final hidden states or None).
+
+        The causal LM's own forward computes the logits (with any model-specific scaling), as in generation."""
+        with self.adapter(adapter):
+            out = self.causal_lm(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids(attention_mask), use_cache=False,
+                                 logits_to_keep=input_ids.shape[1] - prompt_length + 1, output_hidden_states=with_hidden)
+        hidden = out.hidden_states[-1][:, prompt_length - 1:-1] if with_hidden else None
+        return out.logits[:, :-1], hidden
+
     def hidden_states(self, adapter: str | None, input_ids, attention_mask) -> torch.Tensor:
-        """Final hidden states [B, L, H] with `adapter` active (None: adapters disabled, the reference)."""
+        """Final hidden states [B, L, H] of the transformer body (what a sequence classifier's head reads)."""
         lm = self.causal_lm
-        body = getattr(lm, lm.base_model_prefix)
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                      use_cache=False)
-        if adapter is None:
-            with self.peft.disable_adapter():
-                hidden = body(**kwargs).last_hidden_state
-            self._use(POLICY)
-            return hidden
-        self._use(adapter)
-        hidden = body(**kwargs).last_hidden_state
-        if adapter != POLICY:
-            self._use(POLICY)
-        return hidden
+        with self.adapter(adapter):
+            return getattr(lm, lm.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask,
+                                                     position_ids=position_ids(attention_mask),
+                                                     use_cache=False).last_hidden_state
 
     def forward(self, input_ids, attention_mask, prompt_length: int):
-        """(policy logits [B, R, V], values [B, R]) for the R positions that predict the response tokens."""
-        hidden = self.hidden_states(POLICY, input_ids, attention_mask)[:, prompt_length - 1:-1]
-        logits = self.causal_lm.get_output_embeddings()(hidden)
+        """(policy logits [B, R, V], values [B, R]) at the R positions that predict the response tokens."""
+        logits, hidden = self.logits(POLICY, input_ids, attention_mask, prompt_length,
+                                     with_hidden=self.value_model == "policy_head")
         if self.value_model == "lora_head":
             hidden = self.hidden_states(VALUE, input_ids, attention_mask)[:, prompt_length - 1:-1]
-        values = self.value_head(hidden.float()).squeeze(-1)
-        return logits, values
+        return logits, self.value_head(hidden.float()).squeeze(-1)
 
     @torch.no_grad()
     def reference_logits(self, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
         """The SFT model's logits [B, R, V]: the same base with every adapter disabled."""
-        hidden = self.hidden_states(None, input_ids, attention_mask)[:, prompt_length - 1:-1]
-        return self.causal_lm.get_output_embeddings()(hidden)
+        return self.logits(None, input_ids, attention_mask, prompt_length)[0]
 
     @torch.no_grad()
     def generate(self, **kwargs):
-        self._use(POLICY)
-        return self.peft.generate(**kwargs)
+        with self.adapter(POLICY):
+            return self.peft.generate(**kwargs)
 
 
 def adapter_parameters(peft_model, adapter: str) -> list[nn.Parameter]:

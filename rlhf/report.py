@@ -1,0 +1,80 @@
+"""`rlhf report RUN_DIR... [--out DIR]`: one PNG of training curves per run, from its metrics.jsonl.
+
+The metrics a run has decide the plots: PPO runs show score, reward, KL, value loss, entropy and
+response length; SFT and reward runs show their train/eval losses (and eval accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from rlhf import runs
+from rlhf.errors import ConfigError
+
+METRICS = (  # plotted in this order when present
+    "ppo/score_mean", "ppo/reward_mean", "ppo/kl", "ppo/loss_value", "ppo/entropy", "ppo/response_length",
+    "train/loss", "eval/loss", "eval/accuracy",
+)
+COLUMNS = 3
+
+
+def series(records: list[dict], name: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a metric over the records that hold a finite number for it."""
+    points = [(r["step"], float(r[name])) for r in records
+              if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def plot_run(run_dir: str | Path, out_path: str | Path, metrics: tuple[str, ...] = METRICS) -> list[str]:
+    """Save a grid of the run's curves to `out_path`; returns the names of the metrics plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    records = runs.MetricsFile(run_dir).read()
+    if not records:
+        raise ConfigError(f"{run_dir}: no {runs.METRICS} (is this a run directory?)")
+    present = [name for name in metrics if series(records, name)[0]]
+    if not present:
+        raise ConfigError(f"{run_dir}: none of {', '.join(metrics)} in {runs.METRICS}")
+    cols = min(COLUMNS, len(present))
+    rows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, present):
+        steps, values = series(records, name)
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, linewidth=1.2)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
+    fig.suptitle(run_dir.resolve().name)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return present
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", help="folder for the PNGs (RUN_NAME.png); default: report.png in each run directory")
+    parser.add_argument("--metrics", help="comma-separated metric names to plot instead of the default set")
+    args = parser.parse_args(argv)
+    metrics = tuple(args.metrics.split(",")) if args.metrics else METRICS
+    names = [Path(d).resolve().name for d in args.run_dirs]
+    if args.out and len(set(names)) < len(names):
+        raise ConfigError("--out: several run directories have the same name; write each report into its run directory")
+    for run_dir, name in zip(args.run_dirs, names):
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            out_path = Path(args.out) / f"{name}.png"
+        else:
+            out_path = Path(run_dir) / "report.png"
+        plotted = plot_run(run_dir, out_path, metrics)
+        print(f"{out_path}: {', '.join(plotted)}")
+    return 0

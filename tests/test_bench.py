@@ -1,0 +1,91 @@
+"""scripts/bench.py: the report's arithmetic, its data, and a smoke run on a tiny model without the anchor."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ppo_result_leaves_out_the_warm_up_step(bench):
+    steps = [{"generation": 9.0, "scoring": 9.0, "training": 9.0},
+             {"generation": 1.0, "scoring": 0.5, "training": 0.5},
+             {"generation": 3.0, "scoring": 0.5, "training": 0.5}]
+    result = bench.ppo_result(steps, batch_size=8)
+    assert result == {"completions_per_s": 16 / 6, "measured_steps": 2, "generation_s": 2.0, "scoring_s": 0.5,
+                      "training_s": 0.5}
+
+
+def test_summary_median_range_mfu_and_ratios(bench):
+    runs = [{"tokens_per_s": 100.0, "peak_rss_mb": 500.0, "wall_s": 10.0, "note": "x"},
+            {"tokens_per_s": 300.0, "peak_rss_mb": 700.0, "wall_s": 30.0, "note": "x"},
+            {"tokens_per_s": 200.0, "peak_rss_mb": 600.0, "wall_s": 20.0, "note": "x"}]
+    ours = bench.summarise(runs, flops=[6e6, 6e6, 6e6], params=1000)
+    assert ours["tokens_per_s"] == {"median": 200.0, "min": 100.0, "max": 300.0}
+    assert ours["mfu"] == {"median": pytest.approx(0.2), "min": pytest.approx(0.1), "max": pytest.approx(0.3)}
+    assert "note" not in ours
+    anchor = bench.summarise([dict(r, tokens_per_s=r["tokens_per_s"] / 2) for r in runs], [6e6] * 3, 1000)
+    assert bench.ratios("sft", ours, anchor) == {"tokens_per_s": 2.0, "peak_rss_mb": 1.0, "wall_s": 1.0}
+    assert bench.ratios("sft", ours, None) == {"tokens_per_s": None, "peak_rss_mb": None, "wall_s": None}
+
+
+def test_preference_pairs_prefer_the_higher_gold_score(bench):
+    from rlhf import demo_task
+
+    pairs = bench.preference_pairs(seed=0)
+    assert len(pairs) == len(demo_task.demo_files()["label_prompts.jsonl"])
+    for pair in pairs:
+        prompt = pair["prompt"][0]["content"]
+        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        assert demo_task.gold_score(prompt, chosen) > demo_task.gold_score(prompt, rejected)
+    assert pairs == bench.preference_pairs(seed=0)
+
+
+def test_unknown_stage_is_refused(bench):
+    with pytest.raises(SystemExit, match="unknown stage"):
+        bench.main(["--only", "sft,dpo", "--skip-anchor"])
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_without_anchor_reports_every_stage(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--reps", "1", "--skip-anchor", "--threads", "1",
+                           "--workdir", str(tmp_path / "work"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    s = report["settings"]
+    assert (s["hidden"], s["layers"], s["heads"], s["steps"]) == (64, 2, 4, 3)
+    assert report["matmul_flops"]["median"] > 0 and report["model_parameters"] > 0
+    expected = {"sft": {"tokens_per_s", "mfu", "peak_rss_mb", "wall_s"},
+                "reward": {"tokens_per_s", "mfu", "peak_rss_mb", "wall_s"},
+                "ppo": {"completions_per_s", "peak_rss_mb", "generation_s", "scoring_s", "training_s", "wall_s"}}
+    for stage, fields in expected.items():
+        part = report[stage]
+        assert part["anchor"] is None
+        assert part["ratios"] and all(value is None for value in part["ratios"].values())
+        assert fields <= part["ours"].keys()
+        for name in fields:
+            stat = part["ours"][name]
+            assert 0 < stat["min"] <= stat["median"] <= stat["max"], (stage, name, stat)
+        assert f"| {stage} |" in proc.stdout
+    for stage in ("sft", "reward"):
+        (run,) = report[stage]["runs"]["ours"]
+        assert run["tokens_per_s"] == pytest.approx(run["tokens"] / run["train_s"])
+        assert s["steps"] * s["batch_size"] * 10 <= run["tokens"] <= s["steps"] * s["batch_size"] * 2 * s["max_length"]
+    (ppo,) = report["ppo"]["runs"]["ours"]
+    assert ppo["measured_steps"] == s["steps"] - 1
