@@ -16,3 +16,7 @@ class DataError(RLHFError):
 
 class ConfigError(RLHFError):
     """A configuration file or command-line override is invalid."""
+
+
+class NonFiniteError(RLHFError, FloatingPointError):
+    """A loss, log-prob or score became NaN or inf during training; names the step and the quantity."""

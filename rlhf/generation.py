@@ -21,11 +21,13 @@ def format_prompt(tokenizer, prompt: Prompt) -> str:
 
 
 def load_for_generation(path_or_name: str):
-    """(model in eval mode, left-padding tokenizer) from a model, adapter folder or run directory."""
+    """(model in eval mode on the GPU if there is one, left-padding tokenizer) from a model, adapter folder or run."""
+    import torch
+
     from rlhf.models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(path_or_name)
-    model.eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, load_tokenizer(path_or_name, padding_side="left")
 
 

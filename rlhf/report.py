@@ -27,8 +27,8 @@ def series(records: list[dict], name: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def plot_run(run_dir: str | Path, out_path: str | Path, metrics: tuple[str, ...] = METRICS) -> list[str]:
-    """Save a grid of the run's curves to `out_path`; returns the names of the metrics plotted."""
+def plot_run(run_dir: str | Path, out_path: str | Path | None = None, metrics: tuple[str, ...] = METRICS) -> list[str]:
+    """Save a grid of the run's curves to `out_path` (default RUN_DIR/report.png); returns the metrics plotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +54,7 @@ def plot_run(run_dir: str | Path, out_path: str | Path, metrics: tuple[str, ...]
         ax.set_visible(False)
     fig.suptitle(run_dir.resolve().name)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    fig.savefig(out_path or run_dir / "report.png", dpi=100)
     plt.close(fig)
     return present
 
@@ -70,11 +70,8 @@ def main(argv: list[str]) -> int:
     if args.out and len(set(names)) < len(names):
         raise ConfigError("--out: several run directories have the same name; write each report into its run directory")
     for run_dir, name in zip(args.run_dirs, names):
-        if args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            out_path = Path(args.out) / f"{name}.png"
-        else:
-            out_path = Path(run_dir) / "report.png"
+        out_path = Path(args.out) / f"{name}.png" if args.out else Path(run_dir) / "report.png"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         plotted = plot_run(run_dir, out_path, metrics)
         print(f"{out_path}: {', '.join(plotted)}")
     return 0

@@ -17,6 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 def bench():
     spec = importlib.util.spec_from_file_location("bench", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

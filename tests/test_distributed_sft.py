@@ -1,21 +1,20 @@
-"""SFT as two processes (gloo on CPU): DDP, ZeRO-2, ZeRO-3 and two "nodes".
+"""SFT as two processes (gloo on CPU): DDP, ZeRO-2, and ZeRO-3 on two "nodes".
 
 One writer, one data order, batch-size invariance, resume after a crash, and a ZeRO-3 adapter that
-plain peft loads. Each launch runs `accelerate launch --config_file configs/accelerate/cpu_*.yaml`.
+plain peft loads. Each launch runs `accelerate launch --config_file configs/accelerate/*.yaml -m rlhf sft`.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
 from conftest import make_tiny
-from dist_helpers import (ACCELERATE, environment, finish, free_port, launch_command, read_probe, run, start,
-                          train_losses)
-from rlhf import runs
+from dist_helpers import environment, finish, free_port, launch_command, read_probe, run, start, train_losses
+from rlhf import runs, sft
+from rlhf.config import load_config
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -63,22 +62,19 @@ def crash_then_resume(config, args, probe_dirs):
 
 @pytest.fixture(scope="module")
 def single_process(model, demos, tmp_path_factory):
-    """Uninterrupted 1-process runs: batch 4, and batch 2 with 2 accumulation steps (run side by side)."""
+    """Uninterrupted 1-process runs (in this process): batch 4, and batch 2 with 2 accumulation steps."""
     root = tmp_path_factory.mktemp("single")
     layouts = {"batch4": (4, 1), "batch2x2": (2, 2)}
-    procs = {name: start([sys.executable, "-m", "rlhf", *sft_args(model, demos, root / name, b, a)], environment())
-             for name, (b, a) in layouts.items()}
-    for name, proc in procs.items():
-        code, output = finish(proc, timeout=300)
-        assert code == 0, output[-4000:]
+    for name, (batch, accumulation) in layouts.items():
+        sft.run(load_config(sft.SFTStageConfig, sft_args(model, demos, root / name, batch, accumulation)[1:]))
     return {name: root / name for name in layouts}
 
 
 @pytest.fixture(scope="module")
 def ddp(model, demos, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    crashed, resumed = crash_then_resume("cpu_ddp_2proc", sft_args(model, demos, root / "run"),
-                                         [root / "probe-crashed", root / "probe-resumed"])
+    _, resumed = crash_then_resume("cpu_ddp_2proc", sft_args(model, demos, root / "run"),
+                                   [root / "probe-crashed", root / "probe-resumed"])
     return {"run": root / "run", "resumed_output": resumed,
             "probes": [read_probe(root / "probe-crashed"), read_probe(root / "probe-resumed")]}
 
@@ -146,14 +142,27 @@ def test_zero2_crash_resume(model, demos, single_process, tmp_path):
         assert losses[step] == pytest.approx(loss, rel=LOSS_RTOL), step
 
 
-def test_zero3_adapter_loads_with_plain_peft(model, demos, tmp_path):
+def test_zero3_two_nodes_adapter_loads_with_plain_peft(model, demos, tmp_path):
+    """configs/accelerate/two_nodes.yaml (ZeRO-3) as two launchers with one process each, meeting at 127.0.0.1:
+    one run directory, one W&B run, and a gathered adapter that plain peft loads."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    run_dir = tmp_path / "run"
-    run(launch_command("cpu_zero3_2proc", sft_args(model, demos, run_dir, 2, 1, "--max_steps", "4")))
-    assert runs.read_summary(run_dir)["world_size"] == 2
+    run_dir, port = tmp_path / "run", str(free_port())
+    args = sft_args(model, demos, run_dir, 2, 1, "--max_steps", "4", "--report_to", "wandb")
+    launchers = [start(launch_command("two_nodes", args, launcher_args=(
+        "--num_processes", "2", "--mixed_precision", "no", "--machine_rank", str(rank),
+        "--main_process_ip", "127.0.0.1", "--main_process_port", port)), environment()) for rank in (0, 1)]
+    for launcher in launchers:
+        code, output = finish(launcher, timeout=300)
+        assert code == 0, output[-4000:]
+    summary = runs.read_summary(run_dir)
+    assert summary["world_size"] == 2 and summary["global_step"] == 4
+    losses = train_losses(run_dir)  # each the mean over both processes' rows; the summary averages all steps
+    assert summary["train_loss"] == pytest.approx(sum(losses.values()) / len(losses), rel=LOSS_RTOL)
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
     saved = load_file(run_dir / runs.FINAL / "adapter_model.safetensors")
     assert saved and all(t.numel() > 0 for t in saved.values())
     assert any("lora_B" in name and t.abs().sum() > 0 for name, t in saved.items())  # trained (lora_B starts at 0)
@@ -162,19 +171,3 @@ def test_zero3_adapter_loads_with_plain_peft(model, demos, tmp_path):
     assert len(loaded) == len(saved)
     for name, tensor in saved.items():
         assert torch.equal(loaded[name.replace(".weight", ".default.weight")], tensor), name
-
-
-def test_two_nodes_on_one_machine(model, demos, tmp_path):
-    """Two launchers, one process each, meeting at 127.0.0.1: one run, one W&B run, world size 2."""
-    run_dir, port = tmp_path / "run", free_port()
-    args = sft_args(model, demos, run_dir, 2, 1, "--max_steps", "4", "--report_to", "wandb")
-    launchers = [start([ACCELERATE, "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
-                        "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-                        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhf", *args], environment())
-                 for rank in (0, 1)]
-    for launcher in launchers:
-        code, output = finish(launcher, timeout=300)
-        assert code == 0, output[-4000:]
-    summary = runs.read_summary(run_dir)
-    assert summary["world_size"] == 2 and summary["global_step"] == 4
-    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1

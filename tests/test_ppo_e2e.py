@@ -7,22 +7,13 @@ import torch
 
 from conftest import DATA
 from rlhf import cli, runs
-from rlhf.config import load_config
 from rlhf.models import load_causal_lm, resolve
-from rlhf.ppo.train import PPOConfig
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "ppo").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path):
-    config = load_config(PPOConfig, ["--config", str(path)])
-    assert config.reward_model_path and config.batch_size % config.mini_batch_size == 0
+CPU_SMALL = str(Path(__file__).parents[1] / "configs" / "ppo" / "cpu_small.yaml")
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_sft_then_reward_then_ppo(tiny_llama, tmp_path):
+def test_sft_then_reward_then_ppo(tiny_llama, tmp_path, capsys):
     sft, rm, ppo = tmp_path / "sft", tmp_path / "rm", tmp_path / "ppo"
     assert cli.main(["sft", "--model_name_or_path", str(tiny_llama), "--dataset_path", str(DATA / "sft_chat.jsonl"),
                      "--output_dir", str(sft), "--max_steps", "10", "--learning_rate", "0.01",
@@ -30,15 +21,16 @@ def test_sft_then_reward_then_ppo(tiny_llama, tmp_path):
     assert cli.main(["reward", "--model_name_or_path", str(sft), "--dataset_path", str(DATA / "prefs_polite.jsonl"),
                      "--output_dir", str(rm), "--max_steps", "10", "--learning_rate", "0.005",
                      "--per_device_train_batch_size", "8", "--eval_steps", "10", "--save_steps", "10"]) == 0
-    assert cli.main(["ppo", "--config", str(Path(__file__).parents[1] / "configs" / "ppo" / "cpu_small.yaml"),
+    assert cli.main(["ppo", "--config", CPU_SMALL,
                      "--policy_path", str(sft), "--reward_model_path", str(rm),
                      "--dataset_path", str(DATA / "sft_chat.jsonl"), "--output_dir", str(ppo),
                      "--max_steps", "3", "--batch_size", "8", "--mini_batch_size", "4", "--max_new_tokens", "8",
                      "--save_steps", "2", "--log_completions_steps", "3", "--report_to", "tensorboard"]) == 2
-    # sft_chat.jsonl rows end with the assistant's answer: not prompts, and the error names the row.
+    # sft_chat.jsonl rows end with the assistant's answer: they are not prompts, and the error names the row.
+    assert "sft_chat.jsonl:1: field 'messages': the last message is the assistant's" in capsys.readouterr().err
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(f'{{"prompt": "What color is thing {i}?"}}\n' for i in range(8)))
-    assert cli.main(["ppo", "--config", str(Path(__file__).parents[1] / "configs" / "ppo" / "cpu_small.yaml"),
+    assert cli.main(["ppo", "--config", CPU_SMALL,
                      "--policy_path", str(sft), "--reward_model_path", str(rm), "--dataset_path", str(prompts),
                      "--output_dir", str(ppo), "--max_steps", "3", "--batch_size", "8", "--mini_batch_size", "4",
                      "--max_new_tokens", "8", "--save_steps", "2", "--log_completions_steps", "3",

@@ -118,6 +118,18 @@ def test_adapter_switching_keeps_exactly_the_trained_weights_trainable(ppo_runs)
     assert reward_lora and all(p.grad is None and not p.requires_grad for p in reward_lora)
 
 
+def test_policy_head_value_model_reads_the_policy_states(ppo_runs):
+    model, _, _ = models.build(config(ppo_runs, value_model="policy_head"), "cpu")
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    assert set(model.peft.peft_config) == {models.POLICY, models.REWARD}
+    ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
+    logits, values = model(ids, attention_mask, prompt_length)
+    _, hidden = model.logits(models.POLICY, ids, attention_mask, prompt_length, with_hidden=True)
+    torch.testing.assert_close(values, model.value_head(hidden).squeeze(-1))
+    values.pow(2).mean().backward()  # the value loss trains the policy's adapter too
+    assert all(p.grad is not None for p in models.adapter_parameters(model.peft, models.POLICY))
+
+
 def test_final_policy_adapter_resolves_through_the_sft_run(ppo_runs, tmp_path):
     from rlhf.ppo import checkpoint
 

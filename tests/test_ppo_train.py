@@ -1,4 +1,4 @@
-"""The PPO loop: it raises a rule-based reward, resumes exactly, stops at the first nan, and writes its run directory."""
+"""The PPO loop: it raises a rule-based reward, resumes exactly, stops at the first nan, writes its run directory."""
 
 import json
 import math
@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from rlhf import runs
 from rlhf.ppo import train
 from rlhf.ppo.checkpoint import STATE
+from rlhf.ppo.models import ADAPTER_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,10 +33,10 @@ def nan_on_third_call(prompts, responses):
 
 
 def ppo_config(ppo_runs, out, **overrides):
-    keys = dict(policy_path=str(ppo_runs["sft"]), reward_fn="test_ppo_train:count_e", dataset_path=str(ppo_runs["prompts"]),
-                output_dir=str(out), batch_size=8, mini_batch_size=4, gradient_accumulation_steps=2, max_new_tokens=6,
-                lora_r=4, lora_alpha=8, lora_target_modules=TARGETS, learning_rate=1e-2, save_steps=2,
-                log_completions_steps=2)
+    keys = dict(policy_path=str(ppo_runs["sft"]), reward_fn="test_ppo_train:count_e",
+                dataset_path=str(ppo_runs["prompts"]), output_dir=str(out), batch_size=8, mini_batch_size=4,
+                gradient_accumulation_steps=2, max_new_tokens=6, lora_r=4, lora_alpha=8, lora_target_modules=TARGETS,
+                learning_rate=1e-2, save_steps=2, log_completions_steps=2)
     return train.PPOConfig(**{**keys, **overrides})
 
 
@@ -64,11 +65,11 @@ def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path):
     assert runs.is_finished(tmp_path / "resumed")
     train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=4, kl_target=0.5, kl_horizon=100))
 
-    final = {name: load_file(tmp_path / name / "final" / "adapter_model.safetensors") for name in ("straight", "resumed")}
+    final = {name: load_file(tmp_path / name / "final" / ADAPTER_WEIGHTS) for name in ("straight", "resumed")}
     assert final["straight"].keys() == final["resumed"].keys()
     for key, tensor in final["straight"].items():
         torch.testing.assert_close(final["resumed"][key], tensor, atol=1e-6, rtol=1e-5)
-    at_step_2 = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-2" / "policy" / "adapter_model.safetensors")
+    at_step_2 = load_file(tmp_path / "straight" / runs.CHECKPOINTS / "checkpoint-2" / "policy" / ADAPTER_WEIGHTS)
     assert any(not torch.equal(at_step_2[k], final["straight"][k]) for k in at_step_2)  # steps 3-4 changed it
     straight_metrics, resumed_metrics = (runs.MetricsFile(tmp_path / n).read() for n in ("straight", "resumed"))
     assert [m["step"] for m in resumed_metrics] == [1, 2, 3, 4]

@@ -7,6 +7,8 @@ Follows Ziegler et al. 2019, Stiennon et al. 2020, Ouyang et al. 2022 and Huang 
 
 import torch
 
+from rlhf.errors import NonFiniteError
+
 
 def logprobs_from_logits(logits, tokens, temperature=1.0):
     """log softmax(logits / temperature)[tokens]: the log-probs of the sampling distribution. [B, T]"""
@@ -177,4 +179,4 @@ def kl_controller(kl_coef, target=None, horizon=10000):
 def check_finite(name, tensor, step):
     """Stop training at the first nan/inf, naming the quantity and the step."""
     if not torch.isfinite(torch.as_tensor(tensor)).all():
-        raise FloatingPointError(f"step {step}: {name} is not finite (nan/inf)")
+        raise NonFiniteError(f"step {step}: {name} is not finite (nan/inf)")

@@ -16,8 +16,9 @@ import hashlib
 import importlib
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -85,7 +86,8 @@ class PolicyValueModel(nn.Module):
         with self.adapter(adapter):
             out = self.causal_lm(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=position_ids(attention_mask), use_cache=False,
-                                 logits_to_keep=input_ids.shape[1] - prompt_length + 1, output_hidden_states=with_hidden)
+                                 logits_to_keep=input_ids.shape[1] - prompt_length + 1,
+                                 output_hidden_states=with_hidden)
         hidden = out.hidden_states[-1][:, prompt_length - 1:-1] if with_hidden else None
         return out.logits[:, :-1], hidden
 
@@ -134,22 +136,22 @@ def adapter_parameters(peft_model, adapter: str) -> list[nn.Parameter]:
 # ---- rewards ---------------------------------------------------------------------------------------
 
 
-class Reward:
-    """Scores of (prompt, response) pairs [B]; `stats` = the reward model's {"mean", "std"} when it has them;
-    `modules` = the modules whose weights it uses."""
+class Reward(Protocol):
+    """Scores [B] of (prompt, response) pairs. `stats`: the reward model's {"mean", "std"} when known;
+    `modules`: the modules whose weights it uses."""
 
-    stats: dict[str, float] | None = None
-    modules: list[nn.Module] = []
+    stats: dict[str, float] | None
+    modules: list[nn.Module]
 
-    def __call__(self, prompts: list, responses: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+    def __call__(self, prompts: list, responses: list[str]) -> torch.Tensor: ...
 
 
-class FunctionReward(Reward):
+class FunctionReward:
     """A rule-based reward: `fn(prompts, responses) -> list[float]` (prompts as given in the data)."""
 
     def __init__(self, fn: Callable[[list, list[str]], list[float]], name: str):
         self.fn, self.name = fn, name
+        self.stats, self.modules = None, []
 
     def __call__(self, prompts, responses):
         scores = self.fn(prompts, responses)
@@ -158,7 +160,7 @@ class FunctionReward(Reward):
         return torch.tensor([float(s) for s in scores], dtype=torch.float32)
 
 
-class ModelReward(Reward):
+class ModelReward:
     """A reward model reading `reward.pairs.render(prompt, response)`, scored at the last non-padding token."""
 
     def __init__(self, tokenizer, scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -205,22 +207,23 @@ def reward_stats(reward_path: str) -> dict[str, float] | None:
 
 
 def base_fingerprint(base: str, merged: tuple[str, ...]) -> str | None:
-    """Hash of the weights a base is built from (model files, then each merged adapter): tensor names and shapes
-    of every file and the values of a few tensors. None when the weights are not in local safetensors files."""
+    """Hash of the weights a base is built from (model files, then each merged adapter): the names and shapes of
+    all tensors and the first rows of three of them per file. None when the weights are not local safetensors."""
     from safetensors import safe_open
 
     digest = hashlib.sha256()
-    for folder in (base, *merged):
-        files = sorted(_local_folder(folder).glob("*.safetensors")) if _local_folder(folder) else []
+    for name in (base, *merged):
+        folder = _local_folder(name)
+        files = sorted(folder.glob("*.safetensors")) if folder else []
         if not files:
             return None
         for file in files:
             with safe_open(str(file), framework="pt") as f:
                 keys = sorted(f.keys())
-                for name in keys:
-                    digest.update(f"{name}{list(f.get_slice(name).get_shape())}".encode())
-                for name in {keys[0], keys[len(keys) // 2], keys[-1]}:
-                    digest.update(f.get_tensor(name).float().numpy().tobytes())
+                for key in keys:
+                    digest.update(f"{key}{list(f.get_slice(key).get_shape())}".encode())
+                for key in sorted({keys[0], keys[len(keys) // 2], keys[-1]}):
+                    digest.update(f.get_slice(key)[:64].float().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -232,7 +235,7 @@ def _local_folder(name: str) -> Path | None:
 
     try:
         return Path(snapshot_download(name, local_files_only=True))
-    except Exception:  # not a hub name, or not cached: nothing on disk to fingerprint
+    except (OSError, ValueError):  # not cached, or not a hub name: nothing on disk to fingerprint
         return None
 
 
@@ -292,8 +295,17 @@ def sampling_defaults(shipped):
                             pad_token_id=shipped.pad_token_id)
 
 
-def reward_adapter_weights(adapter_dir: str) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(LoRA config for a causal LM, LoRA weights, score-head weights) of a SEQ_CLS reward adapter."""
+@dataclass
+class RewardAdapter:
+    """A SEQ_CLS reward adapter taken apart to sit on the causal LM: its LoRA and its score head."""
+
+    where: str
+    config: Any  # LoraConfig, for a causal LM
+    lora: dict[str, torch.Tensor]  # peft state dict of the LoRA weights
+    score: dict[str, torch.Tensor]  # {"weight"[, "bias"]} of the score head
+
+
+def reward_adapter(adapter_dir: str) -> RewardAdapter:
     from peft import LoraConfig
     from safetensors.torch import load_file
 
@@ -309,7 +321,12 @@ def reward_adapter_weights(adapter_dir: str) -> tuple[Any, dict[str, torch.Tenso
             lora[key] = tensor
     config = copy.deepcopy(config)
     config.modules_to_save, config.task_type = None, "CAUSAL_LM"
-    return config, lora, head
+    return RewardAdapter(adapter_dir, config, lora, head)
+
+
+def add_lora(peft_model, name: str, adapter: RewardAdapter) -> None:
+    peft_model.add_adapter(name, copy.deepcopy(adapter.config))
+    load_adapter_weights(peft_model, name, adapter.lora, adapter.where)
 
 
 def load_adapter_weights(peft_model, adapter: str, weights: dict[str, torch.Tensor], where: str) -> None:
@@ -357,28 +374,26 @@ def build(config, device) -> tuple[PolicyValueModel, Reward, dict[str, Any]]:
     peft_model = get_peft_model(base, lora_config(config), adapter_name=POLICY)
     peft_model.peft_config[POLICY].base_model_name_or_path = config.policy_path  # final/ resolves to the SFT run
     info: dict[str, Any] = {"reward": f"function {config.reward_fn}"}
-    stats, shared = None, None  # shared: (LoRA config, LoRA weights, score head) when the reward shares the base
+    stats, shared = None, None  # shared: the reward adapter, when the reward model shares the base
     if config.reward_model_path:
         reward_source = resolve(config.reward_model_path)
         stats = reward_stats(config.reward_model_path)
         sharing, why = shares_base(reward_source, policy_source)
         info["reward"] = f"{'shared base' if sharing else 'separate model'}: {why}"
         if sharing:
-            shared = reward_adapter_weights(reward_source.adapter)
-            peft_model.add_adapter(REWARD, copy.deepcopy(shared[0]))
-            load_adapter_weights(peft_model, REWARD, shared[1], reward_source.adapter)
+            shared = reward_adapter(reward_source.adapter)
+            add_lora(peft_model, REWARD, shared)
     if config.value_model == "lora_head":
         if shared:  # the value model starts as the reward model (adapter and head)
-            peft_model.add_adapter(VALUE, copy.deepcopy(shared[0]))
-            load_adapter_weights(peft_model, VALUE, shared[1], reward_source.adapter)
+            add_lora(peft_model, VALUE, shared)
         else:
             peft_model.add_adapter(VALUE, lora_config(config))
-    head = value_head(base.config.hidden_size, shared[2] if shared else None, normalisation(config, stats))
+    head = value_head(base.config.hidden_size, shared.score if shared else None, normalisation(config, stats))
     model = PolicyValueModel(peft_model, head, config.value_model)
     if config.reward_fn:
         reward: Reward = load_reward_fn(config.reward_fn)
     elif shared:
-        reward = shared_reward(model, config.reward_model_path, shared[2], stats, device)
+        reward = shared_reward(model, config.reward_model_path, shared.score, stats, device)
     else:
         reward = separate_reward(config.reward_model_path, stats, device)
     info["trainable_parameters"] = sum(p.numel() for p in model.trainable_parameters())

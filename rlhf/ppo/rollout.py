@@ -15,7 +15,7 @@ import torch
 from rlhf.demos import check_messages
 from rlhf.errors import DataError
 from rlhf.generation import format_prompt
-from rlhf.io import read_rows
+from rlhf.io import Row, read_rows
 from rlhf.ppo import core
 
 
@@ -30,20 +30,7 @@ def read_prompts(path: str, tokenizer, max_prompt_length: int) -> Prompts:
     """Prompts from `{"prompt"}` rows (string or messages) or `{"messages"}` rows ending before the assistant's turn."""
     prompts, texts, too_long = [], [], 0
     for row in read_rows(path):
-        if "prompt" in row.data:
-            prompt = row.data["prompt"]
-            if not isinstance(prompt, str):
-                prompt = check_messages(prompt, row.where, "prompt", need_assistant=False)
-            elif not prompt.strip():
-                raise DataError(row.where, "empty prompt", field="prompt")
-        elif "messages" in row.data:
-            prompt = check_messages(row.data["messages"], row.where, need_assistant=False)
-            if prompt[-1]["role"] == "assistant":
-                raise DataError(row.where, "the last message is the assistant's; a PPO prompt ends before the "
-                                "assistant's turn", field="messages")
-        else:
-            raise DataError(row.where, f"no 'prompt' or 'messages' field (found: {', '.join(sorted(row.data))})",
-                            field="prompt")
+        prompt = _prompt(row)
         text = format_prompt(tokenizer, prompt)
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > max_prompt_length:
             too_long += 1
@@ -53,6 +40,23 @@ def read_prompts(path: str, tokenizer, max_prompt_length: int) -> Prompts:
     if not prompts:
         raise DataError(path, f"no usable prompts ({too_long} longer than max_prompt_length={max_prompt_length})")
     return Prompts(prompts, texts, too_long)
+
+
+def _prompt(row: Row) -> Any:
+    field = "prompt" if "prompt" in row.data else "messages" if "messages" in row.data else None
+    if field is None:
+        raise DataError(row.where, f"no 'prompt' or 'messages' field (found: {', '.join(sorted(row.data)) or 'none'})",
+                        field="prompt")
+    value = row.data[field]
+    if isinstance(value, str) and field == "prompt":
+        if not value.strip():
+            raise DataError(row.where, "empty prompt", field=field)
+        return value
+    messages = check_messages(value, row.where, field, need_assistant=False)
+    if messages[-1]["role"] == "assistant":
+        raise DataError(row.where, "the last message is the assistant's; a prompt ends before the assistant's turn",
+                        field=field)
+    return messages
 
 
 @dataclass
@@ -137,7 +141,8 @@ def collect(model, reward, tokenizer, prompts: list, texts: list[str], max_new_t
     responses = decode_responses(tokenizer, sequences[:, prompt_length:], mask)  # .tolist() waits for the device
     generated = time.perf_counter()
     attention_mask = torch.cat([batch["attention_mask"], mask.long()], dim=1)
-    scored = score(model, reward, prompts, responses, sequences, attention_mask, prompt_length, mask, temperature, chunk)
+    scored = score(model, reward, prompts, responses, sequences, attention_mask, prompt_length, mask, temperature,
+                   chunk)
     rollout = Rollout(prompts, responses, sequences, attention_mask, prompt_length, mask, ended, **scored)
     timings = {"generation_s": generated - started, "scoring_s": time.perf_counter() - generated}
     return rollout, timings

@@ -86,7 +86,8 @@ class PPOConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size % self.mini_batch_size:
-            raise ConfigError(f"batch_size {self.batch_size} is not divisible by mini_batch_size {self.mini_batch_size}")
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by mini_batch_size "
+                              f"{self.mini_batch_size}")
         if self.mini_batch_size % self.gradient_accumulation_steps:
             raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not divisible by "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
@@ -255,7 +256,8 @@ def run(config: PPOConfig) -> dict[str, Any]:
         start = state["step"]
     if accelerator.is_main_process:
         print(f"reward: {info['reward']}; {len(data.prompts)} prompts ({data.too_long} too long, dropped); "
-              f"{info['trainable_parameters']:,} trainable parameters" + (f"; resuming from {resume}" if resume else ""))
+              f"{info['trainable_parameters']:,} trainable parameters"
+              + (f"; resuming from {resume}" if resume else ""))
         runs.MetricsFile(run_dir).truncate_after(start)
         runs.MetricsFile(run_dir, COMPLETIONS).truncate_after(start)
         (run_dir / runs.SUMMARY).unlink(missing_ok=True)  # a finished run extended to more steps is unfinished again

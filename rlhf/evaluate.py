@@ -1,0 +1,217 @@
+"""`rlhf eval --policy RUN_DIR [--baseline RUN_DIR] --prompts FILE`: measure policies on held-out prompts.
+
+For each policy (and the baseline, sampled with the same seed): the mean reward-model score, the KL
+to its reference, the mean response length, distinct-1/2, and with a gold judge (a function
+`(prompt, response) -> float`, e.g. the demo's `rlhf.demo_task:gold_score`) the mean gold score and
+the policy's win rate over the baseline. Prints a markdown table; writes JSON (and the table) with --out.
+
+KL to the reference: the sum over response tokens of log p_policy - log p_ref on the policy's own
+samples (a Monte Carlo estimate of the sequence KL). The reference is the policy's base with its
+adapter disabled (for a PPO run, the SFT model), or `--reference`; a model without an adapter is its
+own reference. Log-probs are taken at the sampling temperature (at 1 for greedy decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pkgutil
+from pathlib import Path
+from typing import Any, Callable
+
+from rlhf.config import dump_json
+from rlhf.errors import ConfigError
+
+ROWS = (  # (result key, table label)
+    ("reward_score", "reward-model score"),
+    ("kl", "KL to reference (nats)"),
+    ("response_length", "response length (tokens)"),
+    ("distinct_1", "distinct-1"),
+    ("distinct_2", "distinct-2"),
+    ("gold_score", "gold score"),
+    ("win_rate", "gold win rate vs baseline"),
+)
+
+
+@dataclasses.dataclass
+class Sampling:
+    n_samples: int = 1
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+
+# ---- pure metrics --------------------------------------------------------------------------------
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of whitespace words in `texts` (Li et al. 2016); 0 if there are none."""
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
+    """Share of paired comparisons the first side wins; ties count half."""
+    if len(scores) != len(baseline_scores) or not scores:
+        raise ValueError("win_rate needs two equally long, non-empty score lists")
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)) / len(scores)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+# ---- model-based metrics -------------------------------------------------------------------------
+
+def response_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
+                      temperature: float, batch_size: int) -> list[float]:
+    """Sum of log p(response token | prompt, earlier tokens) per sequence, at `temperature`."""
+    import torch
+
+    from rlhf.ppo.core import logprobs_from_logits
+
+    device = next(model.parameters()).device
+    sums = []
+    for start in range(0, len(prompt_ids), batch_size):
+        seqs = [p + r for p, r in zip(prompt_ids[start:start + batch_size], response_ids[start:start + batch_size])]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], device=device)
+        attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        logp = logprobs_from_logits(logits, ids[:, 1:], temperature)
+        for row, (p, r) in enumerate(zip(prompt_ids[start:start + batch_size], response_ids[start:start + batch_size])):
+            sums.append(logp[row, len(p) - 1:len(p) - 1 + len(r)].sum().item())
+    return sums
+
+
+def sequence_kl(model, tokenizer, prompts: list, response_ids: list[list[int]], temperature: float,
+                batch_size: int, reference=None) -> list[float]:
+    """log p_policy - log p_ref of each response; the reference is `reference`, else `model` with adapters off."""
+    from peft import PeftModel
+
+    from rlhf.generation import format_prompt
+
+    prompt_ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    args = (prompt_ids, response_ids, tokenizer.pad_token_id, temperature, batch_size)
+    policy = response_logprobs(model, *args)
+    if reference is not None:
+        ref = response_logprobs(reference, *args)
+    elif isinstance(model, PeftModel):
+        with model.disable_adapter():
+            ref = response_logprobs(model, *args)
+    else:
+        ref = response_logprobs(model, *args)  # no adapter: the model is its own reference
+    return [p - r for p, r in zip(policy, ref)]
+
+
+def sample_policy(path: str, prompts: list, sampling: Sampling, reference: str | None, device: str) -> dict[str, Any]:
+    """Responses of one policy with its KL, length and diversity figures."""
+    from rlhf.generation import sample_tokens
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(path, merge=False).to(device).eval()  # unmerged: the reference is the adapter switched off
+    tokenizer = load_tokenizer(path, padding_side="left")
+    ref_model = load_causal_lm(reference).to(device).eval() if reference else None
+    tokens = sample_tokens(model, tokenizer, prompts, sampling.n_samples, sampling.max_new_tokens,
+                           sampling.temperature, seed=sampling.seed, batch_size=sampling.batch_size)
+    flat_prompts = [p for p, ids in zip(prompts, tokens) for _ in ids]
+    flat_ids = [r for ids in tokens for r in ids]
+    temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+    kl = sequence_kl(model, tokenizer, flat_prompts, flat_ids, temperature, sampling.batch_size, ref_model)
+    responses = tokenizer.batch_decode(flat_ids, skip_special_tokens=True)
+    lengths = [len(r) - (1 if r and r[-1] == tokenizer.eos_token_id else 0) for r in flat_ids]
+    return {"path": path, "prompts": flat_prompts, "responses": responses,
+            "metrics": {"kl": mean(kl), "response_length": mean(lengths),
+                        "distinct_1": distinct_n(responses, 1), "distinct_2": distinct_n(responses, 2)}}
+
+
+def load_judge(spec: str) -> Callable[[Any, str], float]:
+    """`module:function` scoring (prompt, response) -> float."""
+    if ":" not in spec:
+        raise ConfigError(f"--judge must look like MODULE:FUNCTION, got '{spec}'")
+    try:
+        judge = pkgutil.resolve_name(spec)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"--judge {spec}: {e}") from e
+    if not callable(judge):
+        raise ConfigError(f"--judge {spec} is not a function")
+    return judge
+
+
+# ---- the evaluation ------------------------------------------------------------------------------
+
+def run_eval(policy: str, prompts: str, baseline: str | None = None, reward_model: str | None = None,
+             judge: str | None = None, reference: str | None = None, out: str | Path | None = None,
+             sampling: Sampling | None = None) -> dict[str, Any]:
+    """Evaluate `policy` (and `baseline`) on the prompts file; writes `out` (JSON) and `out` with .md if given."""
+    import torch
+
+    from rlhf.models import load_tokenizer
+    from rlhf.ppo.rollout import read_prompts
+
+    sampling = sampling or Sampling()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gold = load_judge(judge) if judge else None  # a bad spec fails before any model is loaded
+    prompt_set = read_prompts(prompts, load_tokenizer(policy), max_prompt_length=10**9).prompts
+    sides = {"policy": sample_policy(policy, prompt_set, sampling, reference, device)}
+    if baseline:
+        sides["baseline"] = sample_policy(baseline, prompt_set, sampling, reference, device)
+    if reward_model:
+        from reward.score import load_reward_model, score_texts
+
+        rm, rm_tokenizer = load_reward_model(reward_model)
+        rm.to(device)
+        for side in sides.values():
+            scores = score_texts(rm, rm_tokenizer, side["prompts"], side["responses"], sampling.batch_size)
+            side["metrics"]["reward_score"] = scores.mean().item()
+    if gold:
+        for side in sides.values():
+            side["gold"] = [float(gold(p, r)) for p, r in zip(side["prompts"], side["responses"])]
+            side["metrics"]["gold_score"] = mean(side["gold"])
+        if baseline:
+            sides["policy"]["metrics"]["win_rate"] = win_rate(sides["policy"]["gold"], sides["baseline"]["gold"])
+    result = {
+        "prompts": len(prompt_set), "settings": dataclasses.asdict(sampling), "reward_model": reward_model, "judge": judge,
+        "models": {name: {"path": side["path"], **side["metrics"]} for name, side in sides.items()},
+        "samples": [{"prompt": p, **{name: side["responses"][i] for name, side in sides.items()}}
+                    for i, p in enumerate(sides["policy"]["prompts"])],
+    }
+    table = markdown_table(result["models"])
+    print(table)
+    if out:
+        dump_json(result, out)
+        Path(out).with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+    return result
+
+
+def markdown_table(models: dict[str, dict[str, Any]]) -> str:
+    """Metrics as rows, models as columns; only rows some model has a value for."""
+    names = list(models)
+    lines = ["| metric | " + " | ".join(f"{n} ({models[n]['path']})" for n in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for key, label in ROWS:
+        if any(key in models[n] for n in names):
+            cells = [f"{models[n][key]:.4g}" if key in models[n] else "" for n in names]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", required=True, help="run directory or model to evaluate")
+    parser.add_argument("--baseline", help="run directory or model to compare with (e.g. the SFT run)")
+    parser.add_argument("--prompts", required=True, help="held-out prompts: {\"prompt\"} or {\"messages\"} rows")
+    parser.add_argument("--reward-model", help="reward run directory: mean score of each model's responses")
+    parser.add_argument("--judge", help="MODULE:FUNCTION gold_score(prompt, response) -> float, e.g. rlhf.demo_task:gold_score")
+    parser.add_argument("--reference", help="model for the KL instead of each policy's base with adapters disabled")
+    parser.add_argument("--out", help="JSON file for the results (the table goes next to it as .md)")
+    parser.add_argument("--n-samples", type=int, default=1, help="responses per prompt and model")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    sampling = Sampling(args.n_samples, args.max_new_tokens, args.temperature, args.seed, args.batch_size)
+    run_eval(args.policy, args.prompts, args.baseline, args.reward_model, args.judge, args.reference, args.out, sampling)
+    return 0

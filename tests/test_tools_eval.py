@@ -1,0 +1,118 @@
+"""`rlhf eval`: pure metrics on hand-made texts, KL against the reference, and a full run on tiny models."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from rlhf import cli, evaluate
+from rlhf.errors import ConfigError
+from rlhf.generation import format_prompt, sample_tokens
+from rlhf.models import load_causal_lm, load_tokenizer
+
+PROMPTS = ["Tell me about the number 1.", "Tell me about the number 2.", "Count to 3.", "What color is the sky?"]
+
+
+def words_judge(prompt, response):
+    """A stand-in gold judge for the tests: more words is better."""
+    return float(len(response.split()))
+
+
+def test_distinct_n_on_hand_made_texts():
+    texts = ["a b a b", "a b c", ""]
+    assert evaluate.distinct_n(texts, 1) == 3 / 7  # a b a b a b c
+    assert evaluate.distinct_n(texts, 2) == 3 / 5  # ab ba ab | ab bc
+    assert evaluate.distinct_n(["one"], 2) == 0.0
+
+
+def test_win_rate_counts_ties_half():
+    assert evaluate.win_rate([1.0, 0.5, 0.0, 1.0], [0.5, 0.5, 1.0, 0.0]) == (1 + 0.5 + 0 + 1) / 4
+    with pytest.raises(ValueError):
+        evaluate.win_rate([1.0], [])
+
+
+@pytest.fixture
+def samples(ppo_runs, one_thread):
+    """Responses of the LoRA policy (the `sft` run) to PROMPTS, as token ids."""
+    model = load_causal_lm(str(ppo_runs["sft"]), merge=False).eval()
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    ids = [r[0] for r in sample_tokens(model, tokenizer, PROMPTS, max_new_tokens=10, temperature=1.0, seed=1)]
+    return model, tokenizer, ids
+
+
+def test_kl_of_a_model_without_adapter_against_itself_is_zero(ppo_runs, samples):
+    _, tokenizer, ids = samples
+    base = load_causal_lm(str(ppo_runs["base"])).eval()
+    assert evaluate.sequence_kl(base, tokenizer, PROMPTS, ids, 1.0, batch_size=3) == [0.0] * len(PROMPTS)
+
+
+def test_kl_with_the_adapter_disabled_equals_kl_against_the_base(ppo_runs, samples):
+    model, tokenizer, ids = samples
+    disabled = evaluate.sequence_kl(model, tokenizer, PROMPTS, ids, 1.0, batch_size=3)
+    base = load_causal_lm(str(ppo_runs["base"])).eval()
+    explicit = evaluate.sequence_kl(model, tokenizer, PROMPTS, ids, 1.0, batch_size=4, reference=base)
+    assert all(abs(k) > 1e-4 for k in disabled)
+    assert disabled == pytest.approx(explicit, abs=1e-4)  # also: batching and padding do not change the sums
+
+
+def test_response_logprobs_match_a_single_unpadded_forward(samples):
+    model, tokenizer, ids = samples
+    prompt = tokenizer(format_prompt(tokenizer, PROMPTS[2]), add_special_tokens=False)["input_ids"]
+    [batched] = evaluate.response_logprobs(model, [prompt], [ids[2]], tokenizer.pad_token_id, 1.0, 1)
+    full = torch.tensor([prompt + ids[2]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=full).logits[0, :-1], -1)
+    expected = sum(logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(ids[2]))
+    assert batched == pytest.approx(expected, abs=1e-4)
+
+
+def test_eval_run_on_tiny_models(ppo_runs, tmp_path, capsys, one_thread):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    torch.manual_seed(0)
+    rm = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(ppo_runs["base"], num_labels=1).save_pretrained(rm)
+    load_tokenizer(str(ppo_runs["base"])).save_pretrained(rm)
+    out = tmp_path / "eval" / "eval.json"
+    out.parent.mkdir()
+    args = ["eval", "--policy", str(ppo_runs["sft"]), "--baseline", str(ppo_runs["base"]), "--prompts", str(prompts),
+            "--reward-model", str(rm), "--judge", f"{__name__}:words_judge", "--out", str(out),
+            "--n-samples", "2", "--max-new-tokens", "12", "--seed", "5"]
+    assert cli.main(args) == 0
+    table = capsys.readouterr().out
+    assert "| gold win rate vs baseline |" in table and out.with_suffix(".md").read_text() == table
+
+    result = json.loads(out.read_text())
+    policy, baseline = result["models"]["policy"], result["models"]["baseline"]
+    assert result["prompts"] == 4 and len(result["samples"]) == 8
+    assert [s["prompt"] for s in result["samples"]] == [p for p in PROMPTS for _ in range(2)]
+    responses = {side: [s[side] for s in result["samples"]] for side in ("policy", "baseline")}
+    gold = {side: [words_judge(None, r) for r in texts] for side, texts in responses.items()}
+    assert policy["gold_score"] == pytest.approx(sum(gold["policy"]) / 8)
+    assert policy["win_rate"] == evaluate.win_rate(gold["policy"], gold["baseline"])
+    assert policy["distinct_2"] == evaluate.distinct_n(responses["policy"], 2)
+    assert baseline["kl"] == 0.0 and policy["kl"] != 0.0
+    assert 0 < policy["response_length"] <= 12
+
+    from reward.score import load_reward_model, score_texts
+
+    model, tokenizer = load_reward_model(str(rm))
+    expected = score_texts(model, tokenizer, [s["prompt"] for s in result["samples"]], responses["baseline"])
+    assert baseline["reward_score"] == pytest.approx(expected.mean().item(), abs=1e-5)
+
+
+def test_same_seed_same_samples(ppo_runs, tmp_path, one_thread):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:2]))
+    sampling = evaluate.Sampling(n_samples=1, max_new_tokens=8, temperature=1.0, seed=2)
+    first = evaluate.run_eval(str(ppo_runs["sft"]), str(prompts), sampling=sampling)
+    second = evaluate.run_eval(str(ppo_runs["sft"]), str(prompts), sampling=sampling)
+    assert first["samples"] == second["samples"] and first["models"] == second["models"]
+
+
+def test_bad_judge_fails_before_loading_models(tmp_path):
+    with pytest.raises(ConfigError, match="MODULE:FUNCTION"):
+        evaluate.run_eval("no-such-model", "no-such-file", judge="rlhf.demo_task.gold_score")
+    with pytest.raises(ConfigError, match="no_such"):
+        evaluate.run_eval("no-such-model", "no-such-file", judge="rlhf.demo_task:no_such")

@@ -1,0 +1,52 @@
+"""`rlhf report`: one PNG per run with a subplot for each known metric the run logged."""
+
+import matplotlib.image
+import pytest
+
+from rlhf import cli, report
+from rlhf.errors import ConfigError
+from rlhf.runs import MetricsFile
+
+PPO = ["ppo/score_mean", "ppo/reward_mean", "ppo/kl", "ppo/loss_value", "ppo/entropy", "ppo/response_length"]
+
+
+def _run(path, records):
+    path.mkdir(parents=True)
+    metrics = MetricsFile(path)
+    for step, values in records:
+        metrics.log(step, values)
+    return path
+
+
+def test_ppo_run_gets_six_curves_in_a_two_by_three_grid(tmp_path):
+    run = _run(tmp_path / "ppo", [(s, {**{m: s * 0.1 for m in PPO}, "ppo/lr": 1e-5}) for s in range(1, 6)])
+    assert report.plot_run(run) == PPO
+    height, width, _ = matplotlib.image.imread(run / "report.png").shape
+    assert (height, width) == (640, 1350)
+
+
+def test_sft_and_reward_runs_get_their_losses(tmp_path):
+    sft = _run(tmp_path / "sft", [(5, {"train/loss": 2.0}), (10, {"train/loss": 1.0}), (10, {"eval/loss": 1.5}),
+                                  (10, {"test/loss": 1.4})])
+    rm = _run(tmp_path / "rm", [(5, {"train/loss": 0.7}), (10, {"eval/loss": 0.6, "eval/accuracy": 0.8})])
+    assert report.plot_run(sft, tmp_path / "sft.png") == ["train/loss", "eval/loss"]
+    assert report.plot_run(rm, tmp_path / "rm.png") == ["train/loss", "eval/loss", "eval/accuracy"]
+    assert matplotlib.image.imread(tmp_path / "sft.png").shape[:2] == (320, 900)
+
+
+def test_cli_writes_one_png_per_run_into_out(tmp_path, capsys):
+    a = _run(tmp_path / "a", [(1, {"train/loss": 1.0}), (2, {"train/loss": float("nan")})])
+    b = _run(tmp_path / "b", [(1, {"ppo/kl": 0.1})])
+    assert cli.main(["report", str(a), str(b), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "a.png").is_file() and (tmp_path / "plots" / "b.png").is_file()
+    assert "a.png: train/loss" in capsys.readouterr().out
+    assert report.series(MetricsFile(a).read(), "train/loss") == ([1], [1.0])  # NaN is skipped
+
+
+def test_runs_without_known_metrics_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no metrics.jsonl"):
+        report.plot_run(tmp_path)
+    run = _run(tmp_path / "x", [(1, {"train/grad_norm": 1.0})])
+    with pytest.raises(ConfigError, match="none of"):
+        report.plot_run(run)
+    assert report.plot_run(run, metrics=("train/grad_norm",)) == ["train/grad_norm"]
