@@ -25,9 +25,8 @@ from rlhf.io import write_jsonl
 
 SEED = 0
 NAME_RATE = 0.35  # share of demonstrations that address the requester by name
-NAMES = ("Anna", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ida", "Jon", "Kim", "Leo",
-         "Mia", "Nora", "Omar", "Paul", "Rosa", "Sam", "Tina", "Uma", "Vera", "Will", "Yara", "Zoe")
-COLORS = ("red", "blue", "green", "yellow", "white", "black")
+NAMES = ("Anna", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ida", "Jon", "Kim", "Leo")
+COLORS = ("red", "blue", "green", "yellow", "white", "black", "pink", "brown")
 THINGS = {  # thing -> adjectives that fit it
     "apple": ("round", "sweet", "fresh"),
     "ball": ("round", "light", "bouncy"),
@@ -37,6 +36,10 @@ THINGS = {  # thing -> adjectives that fit it
     "book": ("thick", "old", "heavy"),
     "bird": ("small", "fast", "pretty"),
     "kite": ("light", "big", "bright"),
+    "boat": ("long", "slow", "old"),
+    "lamp": ("bright", "tall", "new"),
+    "shoe": ("soft", "clean", "small"),
+    "box": ("big", "empty", "heavy"),
 }
 ASKS = ("Describe a {color} {thing}.", "Tell me about a {color} {thing}.")
 CORES = ("A {color} {thing} is {adj}.", "This {color} {thing} looks {adj}.", "The {thing} is {color} and {adj}.")
@@ -45,7 +48,7 @@ OPENERS = ("", "Sure! ", "Okay. ", "Hello! ")
 NAME_OPENERS = ("Sure, {name}! ", "Okay, {name}. ", "Hello {name}! ")
 CLOSERS = ("", " Hope this helps.", " Have fun!", " Thanks for asking.")
 NAME_CLOSERS = (" Hope this helps, {name}.", " Have fun, {name}!", " Thanks for asking, {name}.")
-SPLITS = {"sft": 1200, "label_prompts": 400, "ppo_prompts": 400, "eval_prompts": 100}  # prompts per split
+SPLITS = {"sft": 1200, "label_prompts": 400, "ppo_prompts": 400, "eval_prompts": 200}  # prompts per split
 _PROMPT = re.compile(r"I am (\w+)\. (?:Describe|Tell me about) a (\w+) (\w+)\.")
 
 

@@ -118,9 +118,11 @@ def train_ppo(config: PipelineConfig, root: Path) -> None:
 def evaluate(config: PipelineConfig, root: Path) -> None:
     from rlhf import evaluate as ev
 
-    ev.run_eval(policy=str(root / "ppo"), baseline=str(root / "sft"), prompts=config.eval_prompts,
-                reward_model=str(root / "rm"), judge=config.gold_judge, out=root / "eval",
-                max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
+    (root / "eval").mkdir(exist_ok=True)
+    sampling = ev.Sampling(max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
+    ev.run_eval(policy=str(root / "ppo"), prompts=config.eval_prompts, baseline=str(root / "sft"),
+                reward_model=str(root / "rm"), judge=config.gold_judge, out=root / "eval" / "eval.json",
+                sampling=sampling)
 
 
 def report(config: PipelineConfig, root: Path) -> None:
