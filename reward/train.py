@@ -16,8 +16,8 @@ from trl import RewardConfig, RewardTrainer
 
 from reward import pairs as pairs_lib
 from reward.score import MARGIN_BUCKETS, pair_metrics
-from rlhf import hf_stage, runs
-from rlhf.config import dump_json, key, load_config, wants_help
+from rlhf import hf_stage
+from rlhf.config import dump_json, key
 from rlhf.demos import LengthReport
 from rlhf.errors import ConfigError
 
@@ -137,11 +137,8 @@ def run(config: RewardStageConfig, callbacks: tuple = ()) -> dict:
 
     from rlhf.models import load_sequence_classifier, load_tokenizer
 
-    if not config.model_name_or_path:
-        raise ConfigError("model_name_or_path is not set")
-    if runs.is_finished(config.output_dir):
-        print(f"{config.output_dir} is already finished (summary.json); nothing to do")
-        return runs.read_summary(config.output_dir)
+    if (summary := hf_stage.finished_summary(config)) is not None:
+        return summary
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="right")
     data, reports, dropped = build_datasets(config, tokenizer)  # bad rows fail here, before any model is loaded
     if config.drop_bad_rows:
@@ -156,16 +153,11 @@ def run(config: RewardStageConfig, callbacks: tuple = ()) -> dict:
         processing_class=tokenizer, peft_config=hf_stage.peft_config(config, "SEQ_CLS"),
         margin_buckets=config.margin_buckets,
     )
-    counts = {f"{name}_{what}": getattr(report, what)
-              for name, report in reports.items() for what in ("rows", "too_long", "dropped")}
+    counts = hf_stage.data_counts(reports)
     counts["bad_rows_dropped"] = len(dropped)
     return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": counts}, callbacks,
                                      perplexity=False, after_test=lambda t: reward_stats(t, run_dir))
 
 
 def main(argv: list[str]) -> int:
-    if wants_help(argv, RewardStageConfig, __doc__.splitlines()[0]):
-        return 0
-    summary = run(load_config(RewardStageConfig, argv))
-    print({k: v for k, v in summary.items() if k != "data"})
-    return 0
+    return hf_stage.stage_main(argv, RewardStageConfig, run, __doc__)

@@ -25,8 +25,9 @@ from rlhf.io import write_jsonl
 
 SEED = 0
 NAME_RATE = 0.35  # share of demonstrations that address the requester by name
-NAMES = ("Anna", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ida", "Jon", "Kim", "Leo")
-COLORS = ("red", "blue", "green", "yellow", "white", "black", "pink", "brown")
+NAMES = ("Anna", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ida", "Jon", "Kim", "Leo",
+         "Mia", "Nora", "Omar", "Paul", "Rosa", "Sam", "Tina", "Uma", "Vera", "Will", "Yara", "Zoe")
+COLORS = ("red", "blue", "green", "yellow", "white", "black")
 THINGS = {  # thing -> adjectives that fit it
     "apple": ("round", "sweet", "fresh"),
     "ball": ("round", "light", "bouncy"),
@@ -36,10 +37,6 @@ THINGS = {  # thing -> adjectives that fit it
     "book": ("thick", "old", "heavy"),
     "bird": ("small", "fast", "pretty"),
     "kite": ("light", "big", "bright"),
-    "boat": ("long", "slow", "old"),
-    "lamp": ("bright", "tall", "new"),
-    "shoe": ("soft", "clean", "small"),
-    "box": ("big", "empty", "heavy"),
 }
 ASKS = ("Describe a {color} {thing}.", "Tell me about a {color} {thing}.")
 CORES = ("A {color} {thing} is {adj}.", "This {color} {thing} looks {adj}.", "The {thing} is {color} and {adj}.")

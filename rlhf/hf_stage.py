@@ -16,7 +16,7 @@ from typing import Any
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from rlhf import runs
-from rlhf.config import key, on_gpu, save_config
+from rlhf.config import key, load_config, on_gpu, save_config, wants_help
 from rlhf.errors import ConfigError
 
 PEFT_METHODS = ("lora", "full", "prompt_tuning", "prefix_tuning")
@@ -159,6 +159,31 @@ def metric_names(logs: dict[str, Any]) -> dict[str, Any]:
         elif not name.startswith(("train_runtime", "train_samples", "train_steps", "train_loss", "total_flos")):
             out["train/" + name.removeprefix("train_")] = value
     return out
+
+
+def finished_summary(config) -> dict | None:
+    """Check the model is set; the summary of an already finished run (which is then not trained again)."""
+    if not config.model_name_or_path:
+        raise ConfigError("model_name_or_path is not set")
+    if runs.is_finished(config.output_dir):
+        print(f"{config.output_dir} is already finished (summary.json); nothing to do")
+        return runs.read_summary(config.output_dir)
+    return None
+
+
+def data_counts(reports: dict) -> dict[str, int]:
+    """Per split: rows, rows over max_length, rows dropped (for summary.json)."""
+    return {f"{name}_{what}": getattr(report, what) for name, report in reports.items()
+            for what in ("rows", "too_long", "dropped")}
+
+
+def stage_main(argv: list[str], config_class, run, doc: str) -> int:
+    """`rlhf STAGE` entry point: --help, load the config, run, print the summary."""
+    if wants_help(argv, config_class, doc.splitlines()[0]):
+        return 0
+    summary = run(load_config(config_class, argv))
+    print({k: v for k, v in summary.items() if k != "data"})
+    return 0
 
 
 def prepare_run_dir(config, stage: str) -> tuple[Path, Path | None]:

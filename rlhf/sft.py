@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 from trl import SFTConfig
 
-from rlhf import demos, hf_stage, io, runs
-from rlhf.config import load_config, wants_help
+from rlhf import demos, hf_stage, io
 from rlhf.errors import ConfigError, DataError
 
 
@@ -51,11 +50,8 @@ def run(config: SFTStageConfig, callbacks: tuple = ()) -> dict:
 
     from rlhf.models import load_causal_lm, load_tokenizer
 
-    if not config.model_name_or_path:
-        raise ConfigError("model_name_or_path is not set")
-    if runs.is_finished(config.output_dir):
-        print(f"{config.output_dir} is already finished (summary.json); nothing to do")
-        return runs.read_summary(config.output_dir)
+    if (summary := hf_stage.finished_summary(config)) is not None:
+        return summary
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="right")
     data, reports = build_datasets(config, tokenizer)  # bad rows fail here, before any model is loaded
     for name, report in reports.items():
@@ -67,16 +63,9 @@ def run(config: SFTStageConfig, callbacks: tuple = ()) -> dict:
         model=model, args=config, train_dataset=data["train"], eval_dataset=data["validation"],
         processing_class=tokenizer, peft_config=hf_stage.peft_config(config, "CAUSAL_LM"),
     )
-    lengths = {f"{name}_rows": r.rows for name, r in reports.items()}
-    lengths.update({f"{name}_too_long": r.too_long for name, r in reports.items()})
-    lengths.update({f"{name}_dropped": r.dropped for name, r in reports.items()})
-    return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": lengths},
-                                      callbacks)
+    counts = hf_stage.data_counts(reports)
+    return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": counts}, callbacks)
 
 
 def main(argv: list[str]) -> int:
-    if wants_help(argv, SFTStageConfig, __doc__.splitlines()[0]):
-        return 0
-    summary = run(load_config(SFTStageConfig, argv))
-    print({k: v for k, v in summary.items() if k != "data"})
-    return 0
+    return hf_stage.stage_main(argv, SFTStageConfig, run, __doc__)

@@ -115,8 +115,8 @@ def prepare_ppo_reward(workdir: Path, model: Path, prefs: Path, s: Settings) -> 
 
     run_dir = workdir / f"ppo-reward-{model.name}"
     run(RewardStageConfig(model_name_or_path=str(model), dataset_path=str(prefs), output_dir=str(run_dir),
-                          val_ratio=0.0, test_ratio=0.0, save_strategy="no", logging_steps=10, max_steps=20,
-                          **common_train_args(s)))
+                          lora_r=s.lora_r, lora_alpha=s.lora_alpha, val_ratio=0.0, test_ratio=0.0, save_strategy="no",
+                          logging_steps=10, max_steps=20, **common_train_args(s)))
     return run_dir
 
 
@@ -208,18 +208,22 @@ def measure(cmd: list[str], log: Path, threads: int | None) -> dict[str, Any]:
     return measured
 
 
-def matmul_flops(n: int = 1024, seconds: float = 1.0) -> float:
-    """FLOP/s of repeated fp32 n x n matmuls on this machine now (2 n^3 FLOPs each), after a warm-up."""
+def matmul_flops(n: int = 1024, windows: int = 5, seconds: float = 0.2) -> float:
+    """FLOP/s of repeated fp32 n x n matmuls (2 n^3 FLOPs each) on this machine now: the best of a few short
+    windows after a warm-up, so that a moment of load from other processes counts less."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
         torch.matmul(a, b)
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        torch.matmul(a, b)
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - started)
+    best = 0.0
+    for _ in range(windows):
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            torch.matmul(a, b)
+            count += 1
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - started))
+    return best
 
 
 # ---- workers (run as `bench.py --worker KIND`, one per measured run) -------------------------------
@@ -438,7 +442,7 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
     for rep in range(1, reps + 1):
         flops.append(matmul_flops())
         for stage in stages:
-            for side in sides:  # alternating, so that load changes on a shared machine hit both sides alike
+            for side in (sides if rep % 2 else sides[::-1]):  # who goes first alternates between repetitions
                 result = run_side(stage, side, s, inputs, workdir, rep, threads)
                 raw[stage][side].append(result)
                 print(f"rep {rep}/{reps} {stage:<6} {side:<6} " + ", ".join(

@@ -14,6 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One intra-op thread: on 2 shared cores, two spinning OpenMP threads make tiny-model matmuls ~15x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from transformers import TrainerCallback  # noqa: E402 - after the environment above
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -76,3 +78,15 @@ def ppo_runs(tmp_path_factory) -> dict[str, Path]:
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     return {"base": base, "sft": root / "sft", "rm": root / "rm", "rm_base": root / "rm_base",
             "prompts": root / "prompts.jsonl"}
+
+
+
+class StopAt(TrainerCallback):
+    """Simulates a crash (e.g. a preempted job) once training reaches `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated stop")

@@ -78,3 +78,9 @@ def train_losses(run_dir: Path) -> dict[int, float]:
             assert record["step"] not in losses, f"step {record['step']} logged twice"
             losses[record["step"]] = record["train/loss"]
     return losses
+
+
+def launch_script(config: str, script: Path, args: list[str]) -> list[str]:
+    """`accelerate launch --config_file configs/accelerate/CONFIG.yaml SCRIPT ARGS` on a free port."""
+    return [ACCELERATE, "launch", "--config_file", str(ACCELERATE_CONFIGS / f"{config}.yaml"),
+            "--main_process_port", str(free_port()), str(script), *args]

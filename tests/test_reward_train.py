@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import DATA
+from conftest import DATA, StopAt
 from reward import train
 from reward.pairs import encode, load_pairs, render
 from reward.score import load_reward_model, score_texts
@@ -153,16 +153,6 @@ def test_margin_and_centering_losses_match_hand_computed_values(tiny_llama, tmp_
     assert loss("--center_rewards_coefficient", "0.01", margin=[0.5, 0.0]) == pytest.approx(with_margin + centering,
                                                                                             rel=1e-6)
 
-
-class StopAt(TrainerCallback):
-    """Simulates a crash (e.g. a preempted job) once training has passed `step`."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated stop")
 
 
 def small_config(model, data, out, *extra):

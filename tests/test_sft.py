@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
-from conftest import DATA
+from conftest import DATA, StopAt
 from rlhf import runs, sft
 from rlhf.config import load_config
 from rlhf.errors import DataError
@@ -54,16 +54,6 @@ def test_same_seed_same_losses(tiny_llama, tmp_path):
     sft.run(sft_config(tiny_llama, tmp_path / "c", "--max_steps", "10", "--seed", "4"))
     assert train_losses(tmp_path / "a") != train_losses(tmp_path / "c")
 
-
-class StopAt(TrainerCallback):
-    """Simulates a crash (e.g. a preempted job) once training has passed `step`."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated stop")
 
 
 def test_resume_matches_uninterrupted(tiny_llama, tmp_path):

@@ -1,8 +1,10 @@
 """PPO checkpoints and the final policy adapter.
 
 A checkpoint holds only what training changes: the trained adapters and value head, the optimizer, the LR
-scheduler, the KL controller, every process's RNG states and the step (which fixes the data position). It is
-written to `checkpoint-N.tmp`, renamed, and then marked COMPLETE; the last `KEEP` complete ones are kept.
+scheduler, the KL controller, every process's RNG states and the step (which fixes the data position). Under
+DeepSpeed the optimizer is DeepSpeed's own checkpoint of the trained weights (one shard per process), which resume
+reads; the adapter folders are then for people and tools. It is written to `checkpoint-N.tmp`, renamed, and then
+marked COMPLETE; the last `KEEP` complete ones are kept.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import numpy as np
 import torch
 
 from rlhf import runs
+from rlhf.ppo import distributed
 from rlhf.ppo.models import ADAPTER_WEIGHTS, POLICY, VALUE, PolicyValueModel, load_adapter_weights
 
 KEEP = 2
 VALUE_HEAD = "value_head.pt"
+DEEPSPEED = "deepspeed"  # DeepSpeed's folder in a checkpoint
 STATE = "trainer_state.json"
 
 
@@ -59,9 +63,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, step: int, model: PolicyValueModel, optimizer, scheduler, state: dict[str, Any],
-         accelerator) -> Path:
-    """Write checkpoint-`step` atomically; every process adds its RNG state, the main process the rest."""
+def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str, Any], accelerator) -> Path:
+    """Write checkpoint-`step` of the prepared `model` atomically; every process takes part (RNG states, ZeRO-3
+    gathering, DeepSpeed's optimizer shards), the main process writes the rest."""
     target = run_dir / runs.CHECKPOINTS / f"checkpoint-{step}"
     tmp = target.with_name(target.name + ".tmp")
     if accelerator.is_main_process:
@@ -69,12 +73,18 @@ def save(run_dir: Path, step: int, model: PolicyValueModel, optimizer, scheduler
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_adapter(model, POLICY, tmp / POLICY)
-        if model.value_model == "lora_head":
-            save_adapter(model, VALUE, tmp / VALUE)
-        torch.save(model.value_head.state_dict(), tmp / VALUE_HEAD)
+    policy = accelerator.unwrap_model(model)
+    with distributed.full_parameters(policy.trainable_parameters(), accelerator):
+        if accelerator.is_main_process:
+            save_adapter(policy, POLICY, tmp / POLICY)
+            if policy.value_model == "lora_head":
+                save_adapter(policy, VALUE, tmp / VALUE)
+            torch.save(policy.value_head.state_dict(), tmp / VALUE_HEAD)
+    if distributed.uses_deepspeed(accelerator):  # optimizer states (and fp32 weights) split across processes
+        model.save_checkpoint(str(tmp), tag=DEEPSPEED, exclude_frozen_parameters=True, save_latest=False)
+    elif accelerator.is_main_process:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
     accelerator.wait_for_everyone()
@@ -88,16 +98,20 @@ def save(run_dir: Path, step: int, model: PolicyValueModel, optimizer, scheduler
     return target
 
 
-def load(path: Path, model: PolicyValueModel, optimizer, scheduler, process_index: int) -> dict[str, Any]:
-    """Restore a checkpoint into the (prepared) objects; returns its trainer state ({"step", ...}).
+def load(path: Path, model, optimizer, scheduler, accelerator) -> dict[str, Any]:
+    """Restore a checkpoint into the prepared objects; returns its trainer state ({"step", ...}).
     RNG states are restored too, so call this last before the training loop."""
-    load_adapter(model, POLICY, path / POLICY)
-    if model.value_model == "lora_head":
-        load_adapter(model, VALUE, path / VALUE)
-    model.value_head.load_state_dict(torch.load(path / VALUE_HEAD, map_location="cpu"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+    if distributed.uses_deepspeed(accelerator):  # trained weights, optimizer shards and DeepSpeed's fp32 copies
+        model.load_checkpoint(str(path), tag=DEEPSPEED, load_module_strict=False, load_lr_scheduler_states=False)
+    else:
+        policy = accelerator.unwrap_model(model)
+        load_adapter(policy, POLICY, path / POLICY)
+        if policy.value_model == "lora_head":
+            load_adapter(policy, VALUE, path / VALUE)
+        policy.value_head.load_state_dict(torch.load(path / VALUE_HEAD, map_location="cpu"))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
-    set_rng_state(torch.load(path / f"rng_state_{process_index}.pt", weights_only=False))
+    set_rng_state(torch.load(path / f"rng_state_{accelerator.process_index}.pt", weights_only=False))
     return json.loads((path / STATE).read_text())
 
 

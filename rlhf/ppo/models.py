@@ -58,6 +58,11 @@ class PolicyValueModel(nn.Module):
     def causal_lm(self):
         return self.peft.get_base_model()
 
+    @property
+    def config(self):
+        """The causal LM's config (accelerate reads `hidden_size` from it to fill DeepSpeed's "auto" sizes)."""
+        return self.causal_lm.config
+
     def _use(self, adapter: str) -> None:
         self.peft.base_model.set_adapter(adapter, inference_mode=True)  # freezes every adapter...
         for param in self._trainable:  # ...then the trained ones are trainable again

@@ -1,12 +1,13 @@
 """Rollouts: sample responses to a batch of prompts, then score them with one forward pass per model.
 
-`generate` is the only function that samples, so that a caller can wrap it in a context manager (e.g. one that
-gathers ZeRO-3 parameters once per rollout rather than once per generated token).
+`generate` is the only function that samples; `collect` runs it inside the caller's `generation_weights` context (under
+ZeRO-3, one that gathers the parameters once per rollout rather than once per generated token).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,12 +131,15 @@ def score(model, reward, rollout_prompts: list, responses: list[str], input_ids,
 
 
 def collect(model, reward, tokenizer, prompts: list, texts: list[str], max_new_tokens: int, temperature: float,
-            top_p: float, chunk: int, device) -> tuple[Rollout, dict[str, float]]:
-    """Sample responses to `texts`, then score them; returns the rollout and its timings in seconds."""
+            top_p: float, chunk: int, device, generation_weights: AbstractContextManager = nullcontext()
+            ) -> tuple[Rollout, dict[str, float]]:
+    """Sample responses to `texts` (inside `generation_weights`), then score them; returns the rollout and its
+    timings in seconds."""
     started = time.perf_counter()
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    sequences = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens,
-                         temperature, top_p)
+    with generation_weights:
+        sequences = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens,
+                             temperature, top_p)
     prompt_length = batch["input_ids"].shape[1]
     mask, ended = response_mask(sequences[:, prompt_length:], tokenizer.eos_token_id)
     responses = decode_responses(tokenizer, sequences[:, prompt_length:], mask)  # .tolist() waits for the device

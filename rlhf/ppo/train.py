@@ -3,7 +3,9 @@
 Each step samples responses to `batch_size` prompts, scores them (policy and reference log-probs, values,
 reward), turns the scores into per-token rewards with a KL penalty to the SFT policy, estimates advantages
 (GAE), then runs `ppo_epochs` passes of clipped policy and value updates over shuffled mini-batches.
-Runs under plain `python` and `accelerate launch`; each process samples its own slice of the prompts.
+Runs under plain `python`, `accelerate launch` (DDP) and DeepSpeed ZeRO-2/3 (see `distributed.py`): each process
+samples its own slice of the prompts, then every process holds the whole rollout and computes its share of each
+mini-batch.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from typing import Any
 import torch
 
 from rlhf import runs
-from rlhf.config import config_to_dict, key, load_config, on_gpu, save_config, wants_help
+from rlhf.config import config_to_dict, key, load_config, save_config, wants_help
 from rlhf.errors import ConfigError
-from rlhf.hf_stage import launched_processes
 from rlhf.models import load_tokenizer
-from rlhf.ppo import checkpoint, core, models, rollout
+from rlhf.ppo import checkpoint, core, distributed, models, rollout
 
 SCHEDULERS = ("constant", "linear", "cosine")
 COMPLETIONS = "completions.jsonl"
@@ -149,49 +150,53 @@ def advantages_and_returns(ro: rollout.Rollout, config: PPOConfig, kl_coef: floa
 
 
 def ppo_update(model, optimizer, scheduler, accelerator, ro: rollout.Rollout, advantages, returns,
-               config: PPOConfig, step: int, micro: int) -> dict[str, float]:
-    """`ppo_epochs` passes over the rollout in shuffled micro-batches; an optimizer step every mini-batch."""
+               config: PPOConfig, step: int) -> dict[str, float]:
+    """`ppo_epochs` passes over the whole rollout in shuffled mini-batches, an optimizer step each. Every process
+    computes its share of each micro-batch, and losses are token means over the whole mini-batch: the update is the
+    same for any number of processes and accumulation steps."""
     order_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    sums: dict[str, list[torch.Tensor]] = defaultdict(list)
+    copies = accelerator.num_processes * config.gradient_accumulation_steps  # gradients are averaged over these
+    sums: dict[str, torch.Tensor] = defaultdict(float)
     model.train()
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(ro.mask), generator=order_rng).to(ro.mask.device)
-        for start in range(0, len(order), micro):
-            rows = order[start:start + micro]
-            with accelerator.accumulate(model):
-                logits, values = model(ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length)
-                logprobs = core.logprobs_from_logits(logits, ro.response_ids[rows], config.temperature)
-                pg_loss, pg_stats = core.policy_loss(logprobs, ro.logprobs[rows], advantages[rows], ro.mask[rows],
-                                                     config.clip_range)
-                vf_loss, vf_stats = core.value_loss(values, ro.values[rows], returns[rows], ro.mask[rows],
-                                                    config.clip_range_value)
-                loss = pg_loss + config.vf_coef * vf_loss
-                core.check_finite("loss", loss, step)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-            for name, value in {"loss_policy": pg_loss, "loss_value": vf_loss, **pg_stats, **vf_stats}.items():
-                sums[name].append(value.detach().float())
+        for mini in order.split(config.mini_batch_size):
+            tokens = ro.mask[mini].sum()
+            for micro in mini.split(config.mini_batch_size // config.gradient_accumulation_steps):
+                rows = micro.chunk(accelerator.num_processes)[accelerator.process_index]
+                share = ro.mask[rows].sum() / tokens  # of the mini-batch's tokens
+                with accelerator.accumulate(model):
+                    logits, values = model(ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length)
+                    logprobs = core.logprobs_from_logits(logits, ro.response_ids[rows], config.temperature)
+                    pg_loss, pg_stats = core.policy_loss(logprobs, ro.logprobs[rows], advantages[rows],
+                                                         ro.mask[rows], config.clip_range)
+                    vf_loss, vf_stats = core.value_loss(values, ro.values[rows], returns[rows], ro.mask[rows],
+                                                        config.clip_range_value)
+                    loss = pg_loss + config.vf_coef * vf_loss
+                    core.check_finite("loss", loss, step)
+                    accelerator.backward(loss * share * copies)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+                for name, value in {"loss_policy": pg_loss, "loss_value": vf_loss, **pg_stats, **vf_stats}.items():
+                    sums[name] += value.detach().float() * share
     model.eval()
-    return {name: accelerator.reduce(torch.stack(values).mean(), "mean").item() for name, values in sums.items()}
+    mini_batches = config.ppo_epochs * len(ro.mask) // config.mini_batch_size
+    return {name: (accelerator.reduce(total, "sum") / mini_batches).item() for name, total in sums.items()}
 
 
-def rollout_metrics(ro: rollout.Rollout, scores, rewards, kl, accelerator) -> dict[str, float]:
-    """Step metrics over all processes' rows."""
-    per_row = torch.stack([ro.scores.float(), rewards.sum(1), kl.sum(1), ro.mask.sum(1), ro.ended_with_eos.float(),
-                           (ro.entropy * ro.mask).sum(1)], dim=1)
-    everything = accelerator.gather(per_row)
-    score, reward, kl_sum, length, eos, entropy = everything.unbind(1)
-    return {"ppo/score_mean": score.mean().item(), "ppo/reward_mean": reward.mean().item(),
-            "ppo/kl": kl_sum.mean().item(), "ppo/entropy": (entropy.sum() / length.sum()).item(),
-            "ppo/response_length": length.mean().item(), "ppo/eos_fraction": eos.mean().item()}
+def rollout_metrics(ro: rollout.Rollout, rewards, kl) -> dict[str, float]:
+    """Step metrics over the whole rollout."""
+    return {"ppo/score_mean": ro.scores.float().mean().item(), "ppo/reward_mean": rewards.sum(1).mean().item(),
+            "ppo/kl": kl.sum(1).mean().item(), "ppo/entropy": ((ro.entropy * ro.mask).sum() / ro.mask.sum()).item(),
+            "ppo/response_length": ro.mask.sum(1).mean().item(),
+            "ppo/eos_fraction": ro.ended_with_eos.float().mean().item()}
 
 
 def log_completions(run_dir: Path, step: int, ro: rollout.Rollout, scores, accelerator, report_to: list[str]) -> None:
-    """A few of the main process's samples, to completions.jsonl and (if used) a W&B table."""
+    """A few samples of the rollout, to completions.jsonl and (if used) a W&B table."""
     shown = [{"prompt": p if isinstance(p, str) else json.dumps(p, ensure_ascii=False), "response": r,
               "score": float(s), "score_after_penalties": float(a)}
              for p, r, s, a in zip(ro.prompts, ro.responses, ro.scores, scores)][:COMPLETIONS_SHOWN]
@@ -218,18 +223,34 @@ def prepare_run_dir(config: PPOConfig, accelerator) -> tuple[Path, Path | None]:
     return run_dir, runs.last_checkpoint(run_dir)
 
 
+def build_and_prepare(config: PPOConfig, accelerator):
+    """(prepared model, optimizer, scheduler, reward, facts for the log): the model set built alike on every process,
+    then handed to accelerate (and DeepSpeed) together with its optimizer."""
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    set_seed(config.seed)  # the same fresh adapters on every process
+    with distributed.whole_models(accelerator):
+        model, reward, info = models.build(config, accelerator.device)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=0,
+                              num_training_steps=config.optimizer_steps())
+    distributed.configure_deepspeed(accelerator, config.per_process(accelerator.num_processes)[1],
+                                    config.gradient_accumulation_steps, config.mini_batch_size, config.max_grad_norm)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.unwrap_model(model).eval()
+    return model, optimizer, scheduler, reward, info
+
+
 def run(config: PPOConfig) -> dict[str, Any]:
-    from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
     if runs.is_finished(config.output_dir) and runs.read_summary(config.output_dir)["global_step"] >= config.max_steps:
         print(f"{config.output_dir} is already finished (summary.json); nothing to do")
         return runs.read_summary(config.output_dir)
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
-    accelerator = Accelerator(
-        cpu=not on_gpu() and launched_processes() > 1,  # several CPU processes: one gloo group (see hf_stage)
+    accelerator = distributed.make_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps, log_with=trackers(config.report_to) or None,
         step_scheduler_with_optimizer=False,  # the scheduler steps once per optimizer step, on any process count
         project_config=ProjectConfiguration(project_dir=config.output_dir,
@@ -239,24 +260,19 @@ def run(config: PPOConfig) -> dict[str, Any]:
     data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)  # bad rows fail here
     run_dir, resume = prepare_run_dir(config, accelerator)
 
-    set_seed(config.seed)
-    model, reward, info = models.build(config, accelerator.device)
-    stats = models.normalisation(config, reward.stats)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate)
-    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=0,
-                              num_training_steps=config.optimizer_steps())
-    kl_control = core.kl_controller(config.kl_coef, config.kl_target, config.kl_horizon)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, reward, info = build_and_prepare(config, accelerator)
     policy = accelerator.unwrap_model(model)
-    policy.eval()
+    stats = models.normalisation(config, reward.stats)
+    kl_control = core.kl_controller(config.kl_coef, config.kl_target, config.kl_horizon)
+    set_seed(config.seed, device_specific=True)  # each process samples from its own stream
     start = 0
     if resume:
-        state = checkpoint.load(resume, policy, optimizer, scheduler, accelerator.process_index)
+        state = checkpoint.load(resume, model, optimizer, scheduler, accelerator)
         kl_control.load_state_dict(state["kl_controller"])
         start = state["step"]
     if accelerator.is_main_process:
         print(f"reward: {info['reward']}; {len(data.prompts)} prompts ({data.too_long} too long, dropped); "
-              f"{info['trainable_parameters']:,} trainable parameters"
+              f"{info['trainable_parameters']:,} trainable parameters; {accelerator.num_processes} process(es)"
               + (f"; resuming from {resume}" if resume else ""))
         runs.MetricsFile(run_dir).truncate_after(start)
         runs.MetricsFile(run_dir, COMPLETIONS).truncate_after(start)
@@ -271,14 +287,16 @@ def run(config: PPOConfig) -> dict[str, Any]:
         mine = indices[accelerator.process_index * local_rows:(accelerator.process_index + 1) * local_rows]
         ro, timings = rollout.collect(policy, reward, tokenizer, [data.prompts[i] for i in mine],
                                       [data.texts[i] for i in mine], config.max_new_tokens, config.temperature,
-                                      config.top_p, micro, accelerator.device)
+                                      config.top_p, micro, accelerator.device,
+                                      distributed.weights_for_generation(model, accelerator))
+        ro = distributed.gather_rollout(ro, accelerator, tokenizer.pad_token_id)  # every process: the whole batch
         for name in ("scores", "logprobs", "ref_logprobs", "values"):
             core.check_finite(name, getattr(ro, name), step)
         kl_coef = kl_control.value
         scores, rewards, kl, advantages, returns = advantages_and_returns(ro, config, kl_coef, stats)
         train_start = time.perf_counter()
-        train_stats = ppo_update(model, optimizer, scheduler, accelerator, ro, advantages, returns, config, step, micro)
-        metrics = rollout_metrics(ro, scores, rewards, kl, accelerator)
+        train_stats = ppo_update(model, optimizer, scheduler, accelerator, ro, advantages, returns, config, step)
+        metrics = rollout_metrics(ro, rewards, kl)
         kl_control.update(metrics["ppo/kl"], config.batch_size)
         metrics.update({"ppo/kl_coef": kl_coef, **{f"ppo/{k}": v for k, v in train_stats.items()},
                         "ppo/lr": scheduler.get_last_lr()[0], **{f"time/{k}": v for k, v in timings.items()},
@@ -291,15 +309,16 @@ def run(config: PPOConfig) -> dict[str, Any]:
         progress.update(1)
         progress.set_postfix(score=f"{metrics['ppo/score_mean']:.3f}", kl=f"{metrics['ppo/kl']:.3f}")
         if step % config.save_steps == 0 or step == config.max_steps:
-            checkpoint.save(run_dir, step, policy, optimizer, scheduler,
+            checkpoint.save(run_dir, step, model, optimizer, scheduler,
                             {"prompts_seen": step * config.batch_size, "kl_controller": kl_control.state_dict()},
                             accelerator)
     progress.close()
 
-    if accelerator.is_main_process:
-        checkpoint.save_final(run_dir, policy, tokenizer)
-    summary = {"global_step": config.max_steps, "reward": info["reward"], "prompts": len(data.prompts),
-               "prompts_too_long": data.too_long, **metrics}
+    with distributed.full_parameters(policy.trainable_parameters(), accelerator):
+        if accelerator.is_main_process:
+            checkpoint.save_final(run_dir, policy, tokenizer)
+    summary = {"global_step": config.max_steps, "world_size": accelerator.num_processes, "reward": info["reward"],
+               "prompts": len(data.prompts), "prompts_too_long": data.too_long, **metrics}
     if accelerator.is_main_process:
         runs.write_summary(run_dir, summary)
     accelerator.end_training()

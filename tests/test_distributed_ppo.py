@@ -1,0 +1,338 @@
+"""PPO as two processes (gloo on CPU) under DDP, DeepSpeed ZeRO-2 and ZeRO-3.
+
+Each launch is `accelerate launch --config_file configs/accelerate/cpu_*_2proc.yaml tests/test_distributed_ppo.py
+MODE ...`: run as a script, this file runs `rlhf ppo` (MODE ppo) or one PPO update on a saved rollout (MODE update)
+with a `Probe` that records what each process did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from dist_helpers import environment, launch_script, run
+from rlhf import cli, runs
+from rlhf.config import load_config
+from rlhf.ppo import checkpoint, distributed, models, rollout, train
+from rlhf.ppo.models import ADAPTER_WEIGHTS, POLICY, VALUE
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+STEPS, SAVE_STEPS, CRASH_AFTER = 3, 2, 2
+BATCH, MINI_BATCH, NEW_TOKENS = 8, 4, 6
+# fp32 throughout; layouts differ only in the order of floating-point sums (gradients all-reduced across processes,
+# accumulated across micro-batches, or one batched matmul) and Adam turns those into weight differences of ~1e-7.
+WEIGHT_ATOL, LOSS_RTOL = 1e-5, 1e-4
+
+
+def ppo_args(ppo_runs, run_dir: Path, *extra: str) -> list[str]:
+    return ["--policy_path", str(ppo_runs["sft"]), "--reward_model_path", str(ppo_runs["rm"]),
+            "--dataset_path", str(ppo_runs["prompts"]), "--output_dir", str(run_dir), "--max_steps", str(STEPS),
+            "--batch_size", str(BATCH), "--mini_batch_size", str(MINI_BATCH), "--max_new_tokens", str(NEW_TOKENS),
+            "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "0.01", "--save_steps", str(SAVE_STEPS),
+            "--log_completions_steps", "1", *extra]
+
+
+def launch(config: str, argv: list[str], probe_dir: Path, ok: bool = True, **env: str) -> str:
+    probe_dir.mkdir(parents=True)
+    return run(launch_script(config, Path(__file__), argv), environment(PROBE_DIR=str(probe_dir), **env), ok=ok)
+
+
+def read_probes(probe_dir: Path) -> dict[int, dict]:
+    return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in sorted(probe_dir.glob("rank-*.json"))}
+
+
+def trained_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Policy and value adapters and the value head of a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    weights = {f"{name}/{k}": v for name in (POLICY, VALUE) for k, v in load_file(folder / name / ADAPTER_WEIGHTS).items()}
+    weights.update({f"head/{k}": v for k, v in torch.load(folder / checkpoint.VALUE_HEAD).items()})
+    return weights
+
+
+def assert_weights_close(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=WEIGHT_ATOL, rtol=0, msg=name)
+
+
+# ---- launches -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zero3(ppo_runs, tmp_path_factory):
+    """An uninterrupted ZeRO-3 run with every parameter split (none kept whole for being small), tracked with W&B."""
+    root = tmp_path_factory.mktemp("zero3")
+    launch("cpu_zero3_2proc", ["ppo", *ppo_args(ppo_runs, root / "run", "--report_to", "wandb")], root / "probe",
+           PROBE_SPLIT_EVERY_PARAMETER="1")
+    return {"run": root / "run", "probes": read_probes(root / "probe")}
+
+
+def crash_then_resume(config: str, ppo_runs, root: Path) -> dict:
+    """Launch with a crash right after checkpoint-CRASH_AFTER is complete, then launch the same command again."""
+    args = ["ppo", *ppo_args(ppo_runs, root / "run")]
+    crashed = launch(config, args, root / "probe-crashed", ok=False, PROBE_CRASH_AFTER=str(CRASH_AFTER))
+    assert f"simulated crash after checkpoint-{CRASH_AFTER}" in crashed, crashed[-4000:]
+    assert not runs.is_finished(root / "run")
+    resumed = launch(config, args, root / "probe-resumed")
+    return {"run": root / "run", "resumed_output": resumed,
+            "probes": [read_probes(root / "probe-crashed"), read_probes(root / "probe-resumed")]}
+
+
+@pytest.fixture(scope="module")
+def ddp(ppo_runs, tmp_path_factory):
+    return crash_then_resume("cpu_ddp_2proc", ppo_runs, tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.fixture(scope="module")
+def zero2(ppo_runs, tmp_path_factory):
+    return crash_then_resume("cpu_zero2_2proc", ppo_runs, tmp_path_factory.mktemp("zero2"))
+
+
+# ---- tests ----------------------------------------------------------------------------------------------------------
+
+
+def test_zero3_generation_gathers_the_weights_once_per_rollout(zero3):
+    probes = zero3["probes"]
+    assert sorted(probes) == [0, 1]
+    for rank, probe in probes.items():
+        assert probe["world_size"] == 2 and probe["zero_stage"] == 3
+        assert len(probe["generated_tokens"]) == STEPS
+        assert sum(probe["generated_tokens"]) > STEPS  # several tokens per rollout: per-token gathering would show
+        assert probe["whole_model_gathers"] == STEPS, rank
+        assert probe["all_gathers_in_generation"] == 0, rank  # no layer gathered token by token
+        assert probe["all_gathers_elsewhere"] > 0, rank  # the weights are split: scoring and training gather layers
+
+
+def test_zero3_run_has_one_writer_and_a_final_adapter_that_plain_peft_loads(zero3, ppo_runs):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from rlhf.models import load_causal_lm
+
+    run_dir = zero3["run"]
+    summary = runs.read_summary(run_dir)
+    assert summary["world_size"] == 2 and summary["global_step"] == STEPS
+    assert summary["reward"].startswith("shared base")  # the reward adapter scored on the split base
+    assert [m["step"] for m in runs.MetricsFile(run_dir).read()] == list(range(1, STEPS + 1))
+    completions = runs.MetricsFile(run_dir, train.COMPLETIONS).read()
+    assert [c["step"] for c in completions] == [s for s in range(1, STEPS + 1) for _ in range(train.COMPLETIONS_SHOWN)]
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+    saved = load_file(run_dir / runs.FINAL / ADAPTER_WEIGHTS)
+    assert saved and all(t.numel() > 0 for t in saved.values())
+    assert any("lora_B" in name and t.abs().sum() > 0 for name, t in saved.items())  # trained (lora_B starts at 0)
+    tuned = PeftModel.from_pretrained(load_causal_lm(str(ppo_runs["sft"])), run_dir / runs.FINAL)
+    loaded = {n: p for n, p in tuned.named_parameters() if "lora_" in n}
+    assert len(loaded) == len(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name.replace(".weight", ".default.weight")], tensor), name
+
+
+def test_processes_agree_on_seeds_and_each_takes_its_own_prompts(ddp, ppo_runs):
+    from rlhf.models import load_tokenizer
+
+    texts = rollout.read_prompts(str(ppo_runs["prompts"]), load_tokenizer(str(ppo_runs["sft"])), 512).texts
+    crashed, resumed = ddp["probes"]
+    for probes in (crashed, resumed):
+        assert probes[0]["start_weights"] == probes[1]["start_weights"]  # the same fresh adapters everywhere
+    steps = [range(1, CRASH_AFTER + 1), range(CRASH_AFTER + 1, STEPS + 1)]
+    for probes, launched in zip((crashed, resumed), steps):
+        for step, first, second in zip(launched, probes[0]["rollout_prompts"], probes[1]["rollout_prompts"]):
+            assert first + second == [texts[i] for i in train.prompt_indices(step, BATCH, len(texts), seed=0)]
+        assert len(probes[0]["rollout_prompts"]) == len(launched)
+
+
+@pytest.mark.parametrize("layout", ["ddp", "zero2"])
+def test_resumed_run_ends_like_an_uninterrupted_one(layout, zero3, request):
+    """Crash after checkpoint-2, start again: step 3 as in the uninterrupted (ZeRO-3) run, one writer throughout."""
+    resumed = request.getfixturevalue(layout)
+    run_dir = resumed["run"]
+    assert f"resuming from {run_dir / runs.CHECKPOINTS / f'checkpoint-{CRASH_AFTER}'}" in resumed["resumed_output"]
+    summary = runs.read_summary(run_dir)
+    assert summary["world_size"] == 2 and summary["global_step"] == STEPS
+    if layout == "zero2":
+        assert (run_dir / runs.CHECKPOINTS / f"checkpoint-{STEPS}" / checkpoint.DEEPSPEED).is_dir()
+    metrics, uninterrupted = runs.MetricsFile(run_dir).read(), runs.MetricsFile(zero3["run"]).read()
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
+    for got, expected in zip(metrics, uninterrupted):
+        assert got["ppo/score_mean"] == pytest.approx(expected["ppo/score_mean"], rel=LOSS_RTOL)
+        assert got["ppo/loss_value"] == pytest.approx(expected["ppo/loss_value"], rel=LOSS_RTOL)
+    final, before = (trained_weights(run_dir / runs.CHECKPOINTS / f"checkpoint-{s}") for s in (STEPS, CRASH_AFTER))
+    assert_weights_close(final, trained_weights(zero3["run"] / runs.CHECKPOINTS / f"checkpoint-{STEPS}"))
+    assert any(not torch.equal(final[name], before[name]) for name in final)  # the resumed step trained
+
+
+# ---- the update alone, on a fixed rollout -----------------------------------------------------------------------------
+
+
+def update_on_fixed_rollout(args: list[str], rollout_file: Path, out: Path) -> None:
+    """One PPO update (ppo_epochs passes) on a saved rollout; writes checkpoint-1 and the logged losses to `out`."""
+    config = load_config(train.PPOConfig, args)
+    accelerator = distributed.make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    model, optimizer, scheduler, reward, _ = train.build_and_prepare(config, accelerator)
+    ro = torch.load(rollout_file, weights_only=False)
+    stats = models.normalisation(config, reward.stats)
+    *_, advantages, returns = train.advantages_and_returns(ro, config, config.kl_coef, stats)
+    losses = train.ppo_update(model, optimizer, scheduler, accelerator, ro, advantages, returns, config, step=1)
+    checkpoint.save(out, 1, model, optimizer, scheduler, {}, accelerator)
+    if accelerator.is_main_process:
+        (out / "update.json").write_text(json.dumps({"world_size": accelerator.num_processes, **losses}))
+
+
+def responses_of_many_lengths(generate):
+    """`rollout.generate`, then row i cut by an EOS after i % R + 1 tokens: rows weigh differently in token means."""
+    def cut(model, tokenizer, prompt_ids, *args):
+        sequences = generate(model, tokenizer, prompt_ids, *args)
+        prompt_length = prompt_ids.shape[1]
+        for i, row in enumerate(sequences):
+            end = prompt_length + i % (sequences.shape[1] - prompt_length)
+            row[end], row[end + 1:] = tokenizer.eos_token_id, tokenizer.pad_token_id
+        return sequences
+    return cut
+
+
+@pytest.fixture(scope="module")
+def updates(ppo_runs, tmp_path_factory):
+    """The same saved rollout updated as 1 process x mini-batch 4, 1 process x 2 micro-batches of 2 (accumulation),
+    and 2 processes x 2 rows (DDP)."""
+    from rlhf.models import load_tokenizer
+
+    root = tmp_path_factory.mktemp("updates")
+    args = ppo_args(ppo_runs, root / "unused")
+    config = load_config(train.PPOConfig, args)
+    tokenizer = load_tokenizer(config.policy_path, padding_side="left")
+    data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)
+    model, reward, _ = models.build(config, "cpu")
+    with mock.patch.object(rollout, "generate", responses_of_many_lengths(rollout.generate)):
+        ro, _ = rollout.collect(model, reward, tokenizer, data.prompts[:BATCH], data.texts[:BATCH], NEW_TOKENS,
+                                config.temperature, config.top_p, BATCH, "cpu")
+    assert len(set(ro.mask.sum(1).tolist())) == NEW_TOKENS
+    torch.save(ro, root / "rollout.pt")
+
+    layouts = {"1 process": ["--gradient_accumulation_steps", "1"], "1 process, accumulation": [
+        "--gradient_accumulation_steps", "2"]}
+    for name, extra in layouts.items():
+        update_on_fixed_rollout([*args, *extra], root / "rollout.pt", root / name)
+    launch("cpu_ddp_2proc", ["update", str(root / "rollout.pt"), str(root / "2 processes"), *args], root / "probe")
+    return {name: root / name for name in [*layouts, "2 processes"]}
+
+
+@pytest.mark.parametrize("layout", ["1 process, accumulation", "2 processes"])
+def test_update_is_the_same_for_any_processes_and_accumulation(updates, layout):
+    reference, other = updates["1 process"], updates[layout]
+    logged = {name: json.loads((folder / "update.json").read_text()) for name, folder in (("ref", reference),
+                                                                                        ("other", other))}
+    assert logged["other"]["world_size"] == (2 if layout == "2 processes" else 1)
+    for name, value in logged["ref"].items():
+        if name != "world_size":
+            assert logged["other"][name] == pytest.approx(value, rel=LOSS_RTOL, abs=1e-7), name
+    start = trained_weights(reference / runs.CHECKPOINTS / "checkpoint-1")
+    assert_weights_close(trained_weights(other / runs.CHECKPOINTS / "checkpoint-1"), start)
+
+
+# ---- the launched side ----------------------------------------------------------------------------------------------
+
+
+def weights_hash(params) -> str:
+    return hashlib.sha256(torch.cat([p.detach().reshape(-1) for p in params]).double().numpy().tobytes()).hexdigest()
+
+
+class Probe:
+    """Records what this process did: the prompts of each rollout, a hash of the freshly built trained weights and,
+    under ZeRO-3, the parameter gathers around generation (DeepSpeed all-gathers inside and outside `generate`, and
+    gathers of the whole model). With PROBE_CRASH_AFTER=N every process exits once checkpoint-N is complete."""
+
+    def __init__(self, folder: Path):
+        self.file = folder / f"rank-{os.environ['RANK']}.json"
+        self.record = {"world_size": int(os.environ["WORLD_SIZE"]), "rollout_prompts": [], "generated_tokens": [],
+                       "whole_model_gathers": 0, "all_gathers_in_generation": 0, "all_gathers_elsewhere": 0}
+        self.generating, self.model_parameters = False, None
+
+    def install(self) -> None:
+        build, collect, generate, save = models.build, rollout.collect, rollout.generate, checkpoint.save
+
+        def recording_build(config, device):
+            model, reward, info = build(config, device)
+            self.record["start_weights"] = weights_hash(model.trainable_parameters())
+            self.model_parameters = len(list(model.parameters()))
+            return model, reward, info
+
+        def recording_collect(model, reward, tokenizer, prompts, texts, *args, **kwargs):
+            self.record["rollout_prompts"].append(texts)
+            return collect(model, reward, tokenizer, prompts, texts, *args, **kwargs)
+
+        def recording_generate(model, tokenizer, prompt_ids, *args):
+            self.generating = True
+            sequences = generate(model, tokenizer, prompt_ids, *args)
+            self.generating = False
+            self.record["generated_tokens"].append(sequences.shape[1] - prompt_ids.shape[1])
+            return sequences
+
+        def save_then_crash(run_dir, step, *args, **kwargs):
+            target = save(run_dir, step, *args, **kwargs)
+            if step == int(os.environ.get("PROBE_CRASH_AFTER", "0")):
+                raise SystemExit(f"probe: simulated crash after checkpoint-{step}")
+            return target
+
+        models.build, rollout.collect, rollout.generate, checkpoint.save = (
+            recording_build, recording_collect, recording_generate, save_then_crash)
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+            self.install_deepspeed()
+
+    def install_deepspeed(self) -> None:
+        import deepspeed
+        from deepspeed.comm.torch import TorchBackend
+
+        probe, configure = self, distributed.configure_deepspeed
+
+        def configure_and_record(accelerator, *args):
+            configure(accelerator, *args)
+            self.record["zero_stage"] = distributed.zero_stage(accelerator)
+            if os.environ.get("PROBE_SPLIT_EVERY_PARAMETER"):  # the tiny model's tensors are all "small"
+                accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"][
+                    "stage3_param_persistence_threshold"] = 0
+
+        class CountedGather(deepspeed.zero.GatheredParameters):
+            def __init__(self, params, *args, **kwargs):
+                params = list(params)
+                probe.record["whole_model_gathers"] += len(params) == probe.model_parameters
+                super().__init__(params, *args, **kwargs)
+
+        def counted(method):
+            def all_gather(*args, **kwargs):
+                probe.record["all_gathers_in_generation" if probe.generating else "all_gathers_elsewhere"] += 1
+                return method(*args, **kwargs)
+            return all_gather
+
+        for name in ("all_gather", "all_gather_into_tensor", "all_gather_base", "all_gather_coalesced"):
+            setattr(TorchBackend, name, counted(getattr(TorchBackend, name)))
+        deepspeed.zero.GatheredParameters = CountedGather
+        distributed.configure_deepspeed = configure_and_record
+
+    def write(self) -> None:
+        self.file.write_text(json.dumps(self.record))
+
+
+def child(argv: list[str]) -> int:
+    probe = Probe(Path(os.environ["PROBE_DIR"]))
+    probe.install()
+    try:
+        if argv[0] == "ppo":
+            return cli.main(argv)
+        update_on_fixed_rollout(argv[3:], Path(argv[1]), Path(argv[2]))
+        return 0
+    finally:
+        probe.write()
+
+
+if __name__ == "__main__":
+    sys.exit(child(sys.argv[1:]))
