@@ -24,7 +24,7 @@ from typing import Any
 from rlhf.io import write_jsonl
 
 SEED = 0
-NAME_RATE = 0.35  # share of demonstrations that address the requester by name
+NAME_RATE = 0.25  # share of demonstrations that address the requester by name
 NAMES = ("Anna", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ida", "Jon", "Kim", "Leo",
          "Mia", "Nora", "Omar", "Paul", "Rosa", "Sam", "Tina", "Uma", "Vera", "Will", "Yara", "Zoe")
 COLORS = ("red", "blue", "green", "yellow", "white", "black")

@@ -180,6 +180,7 @@ def run_eval(policy: str, prompts: str, baseline: str | None = None, reward_mode
     table = markdown_table(result["models"])
     print(table)
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         dump_json(result, out)
         Path(out).with_suffix(".md").write_text(table + "\n", encoding="utf-8")
     return result

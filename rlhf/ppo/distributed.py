@@ -65,17 +65,16 @@ def whole_models(accelerator):
     """Load models unsplit even when ZeRO-3 would split them while loading (`zero3_init_flag`): an SFT LoRA is
     merged into the base, adapters are added to it, and a separate reward model (which DeepSpeed never wraps) must
     be whole. `accelerator.prepare` splits the PPO model afterwards; generation holds it whole anyway."""
-    plugin = accelerator.state.deepspeed_plugin
-    if zero_stage(accelerator) != 3 or plugin.dschf is None:
+    if zero_stage(accelerator) != 3:
         yield
         return
     from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
-    unset_hf_deepspeed_config()
+    unset_hf_deepspeed_config()  # transformers' switch for splitting while loading
     try:
         yield
     finally:
-        set_hf_deepspeed_config(plugin.dschf)
+        set_hf_deepspeed_config(accelerator.state.deepspeed_plugin.dschf)
 
 
 @contextmanager

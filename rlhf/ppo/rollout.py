@@ -7,7 +7,7 @@ ZeRO-3, one that gathers the parameters once per rollout rather than once per ge
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +131,7 @@ def score(model, reward, rollout_prompts: list, responses: list[str], input_ids,
 
 
 def collect(model, reward, tokenizer, prompts: list, texts: list[str], max_new_tokens: int, temperature: float,
-            top_p: float, chunk: int, device, generation_weights: AbstractContextManager = nullcontext()
+            top_p: float, chunk: int, device, generation_weights: AbstractContextManager
             ) -> tuple[Rollout, dict[str, float]]:
     """Sample responses to `texts` (inside `generation_weights`), then score them; returns the rollout and its
     timings in seconds."""
