@@ -4,13 +4,14 @@ A user introduces themselves and asks about a coloured thing ("I am Anna. Descri
 Acceptable answers are built from a small grammar: an optional opener, a core sentence, an optional
 closer ("Sure! A red apple is sweet. Have fun!"). The hidden gold preference is that of a person who
 likes being addressed by name: among correct answers, one that uses the requester's name (in the
-opener or the closer) is better; an answer that is wrong (wrong colour or thing, an adjective that
-does not fit, someone else's name, anything outside the grammar) is worst. Answers with and without the name have
-the same shapes ("Sure! ..." / "Sure, Anna! ..."), so length is not what the annotator rewards.
+opener or the closer) is better; a wrong answer (wrong colour or thing, an adjective that does not
+fit, someone else's name, anything outside the grammar) is worst. Every opener or closer with the
+name has a counterpart of the same shape without it ("Sure! ..." / "Sure, Anna! ..."), so length is
+not what the annotator rewards.
 
-The demonstrations use the name in about a third of the answers, so a fine-tuned policy does too and
-PPO has room to improve. `write_demo_files` produces the files shipped in configs/demo/; run
-`python -m rlhf.demo_task --out configs/demo` to regenerate them.
+A quarter of the demonstrations use the name, so a fine-tuned policy does so about as often and PPO
+has room to improve. `demo_files` builds the files shipped in configs/demo/; regenerate them with
+`python -m rlhf.demo_task --out configs/demo`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ THINGS = {  # thing -> adjectives that fit it
 }
 ASKS = ("Describe a {color} {thing}.", "Tell me about a {color} {thing}.")
 CORES = ("A {color} {thing} is {adj}.", "This {color} {thing} looks {adj}.", "The {thing} is {color} and {adj}.")
-# Each opener/closer with the name has a counterpart without it, of the same shape.
 OPENERS = ("", "Sure! ", "Okay. ", "Hello! ")
 NAME_OPENERS = ("Sure, {name}! ", "Okay, {name}. ", "Hello {name}! ")
 CLOSERS = ("", " Hope this helps.", " Have fun!", " Thanks for asking.")

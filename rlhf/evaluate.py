@@ -8,7 +8,8 @@ the policy's win rate over the baseline. Prints a markdown table; writes JSON (a
 KL to the reference: the sum over response tokens of log p_policy - log p_ref on the policy's own
 samples (a Monte Carlo estimate of the sequence KL). The reference is the policy's base with its
 adapter disabled (for a PPO run, the SFT model), or `--reference`; a model without an adapter is its
-own reference. Log-probs are taken at the sampling temperature (at 1 for greedy decoding).
+own reference. Log-probs are taken at the sampling temperature (at 1 for greedy decoding) and
+ignore top-p truncation, so with top_p < 1 the KL is that of the untruncated distributions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 from rlhf.config import dump_json
 from rlhf.errors import ConfigError
+from rlhf.generation import Sampling, add_sampling_args, sampling_from_args
 
 ROWS = (  # (result key, table label)
     ("reward_score", "reward-model score"),
@@ -31,15 +33,6 @@ ROWS = (  # (result key, table label)
     ("gold_score", "gold score"),
     ("win_rate", "gold win rate vs baseline"),
 )
-
-
-@dataclasses.dataclass
-class Sampling:
-    n_samples: int = 1
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
 
 
 # ---- pure metrics --------------------------------------------------------------------------------
@@ -113,8 +106,8 @@ def sample_policy(path: str, prompts: list, sampling: Sampling, reference: str |
     model = load_causal_lm(path, merge=False).to(device).eval()  # unmerged: the reference is the adapter switched off
     tokenizer = load_tokenizer(path, padding_side="left")
     ref_model = load_causal_lm(reference).to(device).eval() if reference else None
-    tokens = sample_tokens(model, tokenizer, prompts, sampling.n_samples, sampling.max_new_tokens,
-                           sampling.temperature, seed=sampling.seed, batch_size=sampling.batch_size)
+    tokens = sample_tokens(model, tokenizer, prompts, sampling.n, sampling.max_new_tokens, sampling.temperature,
+                           sampling.top_p, sampling.seed, sampling.batch_size)
     flat_prompts = [p for p, ids in zip(prompts, tokens) for _ in ids]
     flat_ids = [r for ids in tokens for r in ids]
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
@@ -207,12 +200,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--judge", help="MODULE:FUNCTION gold_score(prompt, response) -> float, e.g. rlhf.demo_task:gold_score")
     parser.add_argument("--reference", help="model for the KL instead of each policy's base with adapters disabled")
     parser.add_argument("--out", help="JSON file for the results (the table goes next to it as .md)")
-    parser.add_argument("--n-samples", type=int, default=1, help="responses per prompt and model")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
+    add_sampling_args(parser)
     args = parser.parse_args(argv)
-    sampling = Sampling(args.n_samples, args.max_new_tokens, args.temperature, args.seed, args.batch_size)
+    sampling = sampling_from_args(args)
     run_eval(args.policy, args.prompts, args.baseline, args.reward_model, args.judge, args.reference, args.out, sampling)
     return 0

@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from typing import Any
 
 Prompt = str | list[dict[str, Any]]
+
+
+@dataclass
+class Sampling:
+    """How completions are sampled (`rlhf generate`, `rlhf eval`, `rlhf label generate`, the pipeline)."""
+
+    n: int = 1
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """--n --max-new-tokens --temperature --top-p --seed --batch-size, with per-command defaults."""
+    d = {**Sampling().__dict__, **defaults}
+    parser.add_argument("--n", type=int, default=d["n"], help="completions per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
+    parser.add_argument("--temperature", type=float, default=d["temperature"], help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=d["top_p"])
+    parser.add_argument("--seed", type=int, default=d["seed"])
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="sequences generated at once")
+
+
+def sampling_from_args(args: argparse.Namespace) -> Sampling:
+    return Sampling(args.n, args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
 
 
 def format_prompt(tokenizer, prompt: Prompt) -> str:

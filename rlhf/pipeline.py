@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from rlhf import runs
 from rlhf.config import dump_json, key, load_config, save_config, wants_help
+from rlhf.generation import Sampling
 
 
 @dataclass
@@ -79,7 +80,7 @@ def train_sft(config: PipelineConfig, root: Path) -> None:
 def collect_labels(config: PipelineConfig, root: Path) -> None:
     """Sample candidate pairs from the SFT policy, have the simulated annotators label them, export."""
     from reward.labeling.export import export_file
-    from reward.labeling.generate import Sampling, generate_pairs
+    from reward.labeling.generate import generate_pairs
     from reward.labeling.simulate import load_rule, simulate_annotators
     from reward.labeling.stats import compute_stats
     from reward.labeling.store import Store
@@ -87,7 +88,7 @@ def collect_labels(config: PipelineConfig, root: Path) -> None:
     folder = root / "labels"
     store = Store(folder / "labels.sqlite")
     store.set_overlap(config.annotators)
-    sampling = Sampling(config.label_samples, config.label_max_new_tokens, config.label_temperature, 1.0, config.seed)
+    sampling = Sampling(config.label_samples, config.label_max_new_tokens, config.label_temperature, seed=config.seed)
     pairs, left_out = generate_pairs(str(root / "sft"), config.label_prompts, sampling)
     added, present = store.add_pairs(pairs)
     print(f"  {added} new pairs ({present} already stored, {left_out} empty or repeated samples left out)")
@@ -119,7 +120,7 @@ def evaluate(config: PipelineConfig, root: Path) -> None:
     from rlhf import evaluate as ev
 
     (root / "eval").mkdir(exist_ok=True)
-    sampling = ev.Sampling(max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
+    sampling = Sampling(max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
     ev.run_eval(policy=str(root / "ppo"), prompts=config.eval_prompts, baseline=str(root / "sft"),
                 reward_model=str(root / "rm"), judge=config.gold_judge, out=root / "eval" / "eval.json",
                 sampling=sampling)

@@ -202,14 +202,14 @@ def test_simulate_command_with_noise_uses_the_rule(tmp_path, capsys, monkeypatch
 def test_generate_samples_pairs_from_a_policy(tmp_path, monkeypatch, capsys):
     calls = {}
 
-    def sample(model, tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed):
+    def sample(model, tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size):
         calls.update(prompts=prompts, n=n, max_new_tokens=max_new_tokens, seed=seed)
         return [[f"{i}-x", f"{i}-y", f"{i}-x"] for i in range(len(prompts))]
 
-    fake = types.ModuleType("rlhf.generation")
-    fake.load_for_generation = lambda path: ("model", "tokenizer")
-    fake.sample = sample
-    monkeypatch.setitem(sys.modules, "rlhf.generation", fake)
+    from rlhf import generation
+
+    monkeypatch.setattr(generation, "load_for_generation", lambda path: ("model", "tokenizer"))
+    monkeypatch.setattr(generation, "sample", sample)
     chat = [{"role": "user", "content": "two"}]
     prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "one"}, {"prompt": chat}])
     db = tmp_path / "l.sqlite"

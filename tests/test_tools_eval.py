@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf import cli, evaluate
 from rlhf.errors import ConfigError
-from rlhf.generation import format_prompt, sample_tokens
+from rlhf.generation import Sampling, format_prompt, sample_tokens
 from rlhf.models import load_causal_lm, load_tokenizer
 
 PROMPTS = ["Tell me about the number 1.", "Tell me about the number 2.", "Count to 3.", "What color is the sky?"]
@@ -78,7 +78,7 @@ def test_eval_run_on_tiny_models(ppo_runs, tmp_path, capsys, one_thread):
     out.parent.mkdir()
     args = ["eval", "--policy", str(ppo_runs["sft"]), "--baseline", str(ppo_runs["base"]), "--prompts", str(prompts),
             "--reward-model", str(rm), "--judge", f"{__name__}:words_judge", "--out", str(out),
-            "--n-samples", "2", "--max-new-tokens", "12", "--seed", "5"]
+            "--n", "2", "--max-new-tokens", "12", "--seed", "5"]
     assert cli.main(args) == 0
     table = capsys.readouterr().out
     assert "| gold win rate vs baseline |" in table and out.with_suffix(".md").read_text() == table
@@ -105,7 +105,7 @@ def test_eval_run_on_tiny_models(ppo_runs, tmp_path, capsys, one_thread):
 def test_same_seed_same_samples(ppo_runs, tmp_path, one_thread):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:2]))
-    sampling = evaluate.Sampling(n_samples=1, max_new_tokens=8, temperature=1.0, seed=2)
+    sampling = Sampling(n=1, max_new_tokens=8, temperature=1.0, seed=2)
     first = evaluate.run_eval(str(ppo_runs["sft"]), str(prompts), sampling=sampling)
     second = evaluate.run_eval(str(ppo_runs["sft"]), str(prompts), sampling=sampling)
     assert first["samples"] == second["samples"] and first["models"] == second["models"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reward.labeling.store import Store
 from rlhf.errors import ConfigError
+from rlhf.generation import add_sampling_args, sampling_from_args
 
 DEFAULT_GUIDELINES = Path(__file__).resolve().parent / "guidelines.md"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -35,11 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     gen = command("generate", "sample responses from a policy and add them as pairs")
     gen.add_argument("--model", required=True, help="run directory or model name")
     gen.add_argument("--prompts", required=True, type=Path, help="file with a 'prompt' field per row")
-    gen.add_argument("--n", type=int, default=2, help="completions per prompt; each two make a pair")
-    gen.add_argument("--max-new-tokens", type=int, default=256)
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
+    add_sampling_args(gen, n=2, max_new_tokens=256)  # each two distinct completions of a prompt make a pair
 
     add = command("add-annotator", "create an annotator and print their token (shown only once)")
     add.add_argument("name")
@@ -97,10 +94,9 @@ def _import(args) -> int:
 
 
 def _generate(args) -> int:
-    from reward.labeling.generate import Sampling, generate_pairs
+    from reward.labeling.generate import generate_pairs
 
-    sampling = Sampling(args.n, args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    pairs, dropped = generate_pairs(args.model, args.prompts, sampling)
+    pairs, dropped = generate_pairs(args.model, args.prompts, sampling_from_args(args))
     added, present = Store(args.db).add_pairs(pairs)
     print(f"added {added} pairs ({present} already present; {dropped} empty or repeated completions left out)")
     return 0

@@ -5,23 +5,14 @@ Every two distinct completions of a prompt make one pair: n=2 gives (at most) on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 from reward.labeling.importing import prompt_from_row
 from reward.labeling.store import Pair
 from rlhf.errors import ConfigError
+from rlhf.generation import Sampling
 from rlhf.io import read_rows
-
-
-@dataclass
-class Sampling:
-    n: int = 2
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
 
 
 def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> tuple[list[Pair], int]:
@@ -37,11 +28,7 @@ def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> 
         policy,
         tokenizer,
         prompts,
-        n=sampling.n,
-        max_new_tokens=sampling.max_new_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        seed=sampling.seed,
+        **vars(sampling),
     )
     pairs, dropped = [], 0
     for prompt, outputs in zip(prompts, completions, strict=True):
