@@ -64,6 +64,11 @@ def _parse_cli_value(raw: str, field: dataclasses.Field) -> Any:
     """Typed value of `--key raw`: YAML syntax (numbers, true/false, [a, b], null) except for plain strings."""
     tp = field.type if not isinstance(field.type, str) else None
     value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string; numbers are numbers here
+        try:
+            value = float(raw)
+        except ValueError:
+            pass
     if tp is not None and _is_str_type(tp) and not isinstance(value, (list, dict)) and value is not None:
         return raw
     return value

@@ -102,9 +102,9 @@ def gold_score(prompt: Any, response: str) -> float:
         if not text.startswith(opener):
             continue
         for closer, named_close in closers:
-            if text.endswith(closer) and len(text) >= len(opener) + len(closer):
-                if text[len(opener):len(text) - len(closer)] in cores:
-                    best = max(best, 1.0 if named_open or named_close else 0.5)
+            fits = text.endswith(closer) and len(text) >= len(opener) + len(closer)
+            if fits and text[len(opener):len(text) - len(closer)] in cores:
+                best = max(best, 1.0 if named_open or named_close else 0.5)
     return best
 
 

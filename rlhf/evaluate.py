@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pkgutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlhf.config import dump_json
 from rlhf.errors import ConfigError

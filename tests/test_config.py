@@ -11,10 +11,11 @@ from rlhf.sft import SFTStageConfig
 def test_yaml_then_cli_overrides(tmp_path):
     cfg_file = tmp_path / "sft.yaml"
     cfg_file.write_text("model_name_or_path: some/model\nmax_steps: 7\nlearning_rate: 0.001\nreport_to: none\n")
-    cfg = load_config(SFTStageConfig, ["--config", str(cfg_file), "--max_steps", "9", "--lora_target_modules", "[q_proj, v_proj]",
+    cfg = load_config(SFTStageConfig, ["--config", str(cfg_file), "--max_steps", "9", "--weight_decay", "5e-4", "--lora_target_modules", "[q_proj, v_proj]",
                                        "--output_dir=" + str(tmp_path / "run")])
     assert cfg.max_steps == 9 and cfg.learning_rate == 0.001 and cfg.model_name_or_path == "some/model"
     assert cfg.lora_target_modules == ["q_proj", "v_proj"]
+    assert cfg.weight_decay == 0.0005
     assert cfg.bf16 is False and cfg.gradient_checkpointing is False  # no GPU here
     save_config(cfg, tmp_path / "resolved.yaml")
     resolved = yaml.safe_load((tmp_path / "resolved.yaml").read_text())

@@ -49,7 +49,7 @@ def test_judge_prefers_the_named_answer_whichever_side_it_is_shown():
 
 def test_named_and_unnamed_answers_differ_only_in_the_name():
     """Length is not the gold feature: every opener/closer with the name has a counterpart without it."""
-    words = lambda text: text.replace(",", "").replace("!", "").replace(".", "").split()  # noqa: E731
+    words = lambda text: text.replace(",", "").replace("!", "").replace(".", "").split()
     named = demo_task.NAME_OPENERS + demo_task.NAME_CLOSERS
     plain = demo_task.OPENERS[1:] + demo_task.CLOSERS[1:]  # the unnamed sets also hold the empty opener/closer
     assert len(named) == len(plain)

@@ -25,7 +25,7 @@ def test_exported_model_loads_with_plain_transformers_and_matches_the_adapter(pp
     ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, adapter(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
-    greedy = lambda model: sample_tokens(model, tokenizer, PROMPTS, max_new_tokens=12, temperature=0)  # noqa: E731
+    greedy = lambda model: sample_tokens(model, tokenizer, PROMPTS, max_new_tokens=12, temperature=0)
     assert greedy(plain) == greedy(adapter)
 
     base = AutoModelForCausalLM.from_pretrained(ppo_runs["base"])
