@@ -161,6 +161,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
         print(f"{prefix}: running", flush=True)
         start = time.perf_counter()
         work(config, root)
+        runs.finish_tracking()
         timings[name] = round(time.perf_counter() - start, 1)
         dump_json(timings, timings_path)
         print(f"{prefix}: done in {timings[name]:.1f} s", flush=True)

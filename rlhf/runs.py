@@ -135,13 +135,24 @@ def setup_tracking(report_to: list[str] | str, run_dir: str | Path, stage: str) 
     if "wandb" not in targets and "all" not in targets:
         return
     os.environ.setdefault("WANDB_PROJECT", "rlhf")
-    os.environ.setdefault("WANDB_DIR", str(Path(run_dir).resolve()))
-    os.environ.setdefault("WANDB_NAME", f"{Path(run_dir).name}-{stage}")
-    os.environ.setdefault("WANDB_JOB_TYPE", stage)
+    os.environ["WANDB_DIR"] = str(Path(run_dir).resolve())  # per stage: a pipeline runs several in one process
+    os.environ["WANDB_NAME"] = f"{Path(run_dir).name}-{stage}"
+    os.environ["WANDB_JOB_TYPE"] = stage
     if not os.environ.get("WANDB_API_KEY") and not _wandb_logged_in():
         os.environ["WANDB_MODE"] = "offline"
         print(f"W&B: no API key found, logging offline under {run_dir}/wandb; upload later with "
               f"`wandb sync {run_dir}/wandb/offline-run-*`")
+
+
+def finish_tracking() -> None:
+    """Close the W&B run a stage opened, so the next stage in the same process starts its own (in its own dir)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()  # W&B caches WANDB_DIR from its first run in the process; start afresh
 
 
 def _wandb_logged_in() -> bool:

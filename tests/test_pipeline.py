@@ -14,14 +14,19 @@ def first_lines(src, dst, n):
     return str(dst)
 
 
+def longer_is_better(prompt, first, second):
+    """A judge with an opinion on a barely trained model's samples (the demo's gold judge mostly ties there)."""
+    return "a" if len(first) > len(second) else "b" if len(second) > len(first) else "tie"
+
+
 @pytest.mark.slow
 def test_short_pipeline_runs_every_stage_then_skips_them(tmp_path, capsys):
     root = tmp_path / "demo"
     overrides = {
-        "output_dir": str(root), "tiny_hidden": 32, "report_to": "none",
+        "output_dir": str(root), "tiny_hidden": 32, "report_to": "wandb",  # offline in tests (conftest)
         "label_prompts": first_lines("configs/demo/label_prompts.jsonl", tmp_path / "label.jsonl", 24),
         "eval_prompts": first_lines("configs/demo/eval_prompts.jsonl", tmp_path / "eval.jsonl", 8),
-        "label_samples": 3, "label_max_new_tokens": 16, "eval_max_new_tokens": 16,
+        "label_samples": 3, "annotator_rule": "test_pipeline:longer_is_better", "annotator_noise": 0.0, "label_max_new_tokens": 16, "eval_max_new_tokens": 16,
         "sft_overrides": {"max_steps": 30, "eval_steps": 15, "save_steps": 15},
         "reward_overrides": {"max_steps": 6, "eval_steps": 3, "save_steps": 3},
         "ppo_overrides": {"max_steps": 2, "save_steps": 2, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 8},
@@ -33,6 +38,7 @@ def test_short_pipeline_runs_every_stage_then_skips_them(tmp_path, capsys):
     for stage in ("sft", "rm", "ppo"):
         assert runs.is_finished(root / stage), stage
         assert (root / stage / "report.png").is_file()
+        assert len(list((root / stage / "wandb").glob("offline-run-*"))) == 1, stage  # one W&B run per stage
     with sqlite3.connect(root / "labels" / "labels.sqlite") as conn:
         n_pairs = conn.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
         n_labels = conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
