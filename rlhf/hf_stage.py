@@ -198,7 +198,6 @@ def prepare_run_dir(config, stage: str) -> tuple[Path, Path | None]:
         save_config(config, run_dir / "config.yaml")
     runs.setup_tracking(config.report_to, run_dir, stage)
     config.output_dir = str(run_dir / runs.CHECKPOINTS)
-    config.logging_dir = str(run_dir / "tensorboard")
     if not config.run_name or config.run_name == str(run_dir / runs.CHECKPOINTS):
         config.run_name = f"{run_dir.name}-{stage}"
     for broken in runs.discard_incomplete_checkpoints(run_dir) if main else ():

@@ -132,6 +132,8 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
 def setup_tracking(report_to: list[str] | str, run_dir: str | Path, stage: str) -> None:
     """Environment for the trackers: W&B offline (inside the run dir) when no API key is configured."""
     targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if "tensorboard" in targets or "all" in targets:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / "tensorboard")  # read by transformers' callback
     if "wandb" not in targets and "all" not in targets:
         return
     os.environ.setdefault("WANDB_PROJECT", "rlhf")

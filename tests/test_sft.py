@@ -91,3 +91,20 @@ def test_prompt_completion_and_drop_too_long(tiny_llama, tmp_path):
     summary = sft.run(cfg)
     assert summary["data"]["train_too_long"] > 0 and summary["data"]["train_dropped"] == 0
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["data"]["train_rows"] == 38
+
+
+def test_early_stopping_keeps_the_best_checkpoint_and_tensorboard_logs(tiny_llama, tmp_path):
+    # Falling eval loss counted as getting worse (greater_is_better) makes the first evaluation the best
+    # one, so early stopping must end the run `patience` evaluations later and keep that first model.
+    summary = sft.run(sft_config(tiny_llama, tmp_path / "run", "--max_steps", "40", "--eval_steps", "5",
+                                 "--save_steps", "5", "--early_stopping_patience", "2", "--greater_is_better", "true",
+                                 "--report_to", "tensorboard"))
+    assert summary["global_step"] == 15
+    evals = [r for r in runs.MetricsFile(tmp_path / "run").read() if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [5, 10, 15] and evals[0]["eval/loss"] > evals[-1]["eval/loss"]
+    from safetensors.torch import load_file
+
+    best = load_file(tmp_path / "run" / "checkpoints" / "checkpoint-5" / "adapter_model.safetensors")
+    final = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
+    assert best.keys() == final.keys() and all(torch.equal(best[k], final[k]) for k in best)
+    assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
