@@ -35,6 +35,7 @@ ANCHOR_VENV = REPO / ".bench" / "trl112-venv"
 ANCHOR_SCRIPT = REPO / "scripts" / "bench_trl_ppo.py"
 ANCHOR_TRL = "1.12.0"
 SHARED_LIBRARIES = ("transformers", "peft", "accelerate", "datasets")  # same versions in the anchor's venv
+REPORTED_LIBRARIES = ("torch", "trl", *SHARED_LIBRARIES)
 STAGES = ("sft", "reward", "ppo")
 SAMPLE_INTERVAL_S = 0.02
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
@@ -192,8 +193,8 @@ def measure(cmd: list[str], log: Path, threads: int | None) -> dict[str, Any]:
     result.unlink(missing_ok=True)
     started = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen([*cmd, "--result", str(result)], stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {})})
+        env = {**os.environ, **WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        process = subprocess.Popen([*cmd, "--result", str(result)], stdout=out, stderr=subprocess.STDOUT, env=env)
         sampler = PeakRSS(process.pid)
         sampler.start()
         code = process.wait()
@@ -231,9 +232,9 @@ def matmul_flops(n: int = 1024, windows: int = 5, seconds: float = 0.2) -> float
 
 def common_train_args(s: Settings) -> dict[str, Any]:
     """Trainer arguments both SFT sides and both reward sides get."""
-    return dict(per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate, lr_scheduler_type="constant",
-                warmup_steps=0, max_length=s.max_length, bf16=False, gradient_checkpointing=False,
-                report_to="none", seed=s.seed, disable_tqdm=True)
+    return {"per_device_train_batch_size": s.batch_size, "learning_rate": s.learning_rate,
+            "lr_scheduler_type": "constant", "warmup_steps": 0, "max_length": s.max_length, "bf16": False,
+            "gradient_checkpointing": False, "report_to": "none", "seed": s.seed, "disable_tqdm": True}
 
 
 def measured_train_args(s: Settings) -> dict[str, Any]:
@@ -406,12 +407,12 @@ def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "versions": {name: version(name) for name in ("torch", "trl", *SHARED_LIBRARIES)}}
+            "versions": {name: version(name) for name in REPORTED_LIBRARIES}}
 
 
 def anchor_versions(python: Path) -> dict[str, str]:
-    code = "import json, importlib.metadata as m; print(json.dumps({n: m.version(n) for n in %r}))" % (
-        ("torch", "trl", *SHARED_LIBRARIES),)
+    code = ("import json, importlib.metadata as m; "
+            f"print(json.dumps({{n: m.version(n) for n in {REPORTED_LIBRARIES!r}}}))")
     return json.loads(subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True).stdout)
 
 
@@ -476,10 +477,10 @@ def cell(stat: dict[str, float] | None, name: str) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table: median (min-max) over the repetitions, and ours ÷ anchor of the medians."""
     s, flops = report["settings"], report["matmul_flops"]
-    lines = [f"model: Llama-like, hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads, "
-             f"{report['model_parameters'] / 1e6:.1f} M parameters; {report['reps']} repetitions, {s['steps']} steps, "
-             f"{report['threads']} torch threads; "
-             f"matmul fp32 {flops['median'] / 1e9:.1f} GFLOP/s ({flops['min'] / 1e9:.1f}-{flops['max'] / 1e9:.1f})",
+    lines = [(f"model: Llama-like, hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads, "
+              f"{report['model_parameters'] / 1e6:.1f} M parameters; {report['reps']} repetitions, {s['steps']} steps, "
+              f"{report['threads']} torch threads; "
+              f"matmul fp32 {flops['median'] / 1e9:.1f} GFLOP/s ({flops['min'] / 1e9:.1f}-{flops['max'] / 1e9:.1f})"),
              "", "| stage | metric | ours | anchor | ours ÷ anchor |", "| --- | --- | --- | --- | --- |"]
     for stage in STAGES:
         if stage not in report:
@@ -528,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown or not stages:
-        raise SystemExit(f"--only: unknown stage(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(STAGES)}")
+        raise SystemExit(f"--only: unknown stage(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(STAGES)}")
     if args.reps < 1:
         raise SystemExit("--reps must be at least 1")
     report = benchmark(stages, settings_from(args), args.reps, args.skip_anchor, Path(args.workdir), args.threads)
