@@ -128,7 +128,8 @@ def config_help(cls, title: str) -> str:
     lines = [title, "", "usage: --config FILE.yaml [--key value ...]", "", "keys of this stage:"]
     for f in dataclasses.fields(cls):
         if f.init and f.metadata.get("stage"):
-            lines.append(f"  --{f.name} (default {f.default!r}): {f.metadata.get('help', '')}")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            lines.append(f"  --{f.name} (default {default!r}): {f.metadata.get('help', '')}")
     inherited = [f.name for f in dataclasses.fields(cls) if f.init and not f.metadata.get("stage")]
     if inherited:
         lines += ["", f"plus {len(inherited)} keys of the underlying TRL/transformers config, e.g.:",

@@ -37,3 +37,13 @@ def test_unknown_cli_key(tmp_path):
 def test_invalid_value_is_config_error():
     with pytest.raises(ConfigError, match="peft_method 'qlora'"):
         load_config(SFTStageConfig, ["--peft_method", "qlora"])
+
+
+def test_help_lists_stage_keys_with_their_defaults():
+    from rlhf.config import config_help
+    from rlhf.pipeline import PipelineConfig
+
+    text = config_help(PipelineConfig, "pipeline")
+    assert "--sft_overrides (default {}): keys that override the SFT config" in text
+    assert "--annotators (default 3)" in text and "MISSING" not in text
+    assert "--lora_r (default 16): LoRA rank" in config_help(SFTStageConfig, "sft")
