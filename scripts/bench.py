@@ -60,6 +60,7 @@ class Settings:
     learning_rate: float = 1e-4
     kl_coef: float = 0.05
     seed: int = 0
+    value_model: str = "lora_head"  # ours only: the anchor always trains a separate full value model
 
 
 # ---- inputs: model, data, the reward model PPO uses ------------------------------------------------
@@ -186,14 +187,34 @@ class PeakRSS(threading.Thread):
             self.done.wait(SAMPLE_INTERVAL_S)
 
 
-def measure(cmd: list[str], log: Path, threads: int | None) -> dict[str, Any]:
+ALLOCATORS = {"glibc": None, "jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
+LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+
+
+def allocator_env(name: str) -> dict[str, str]:
+    """LD_PRELOAD for the memory allocator both sides run with. PyTorch's CPU tensors come from malloc; glibc's
+    keeps freed activation memory in its heap, which the others return (PyTorch's own CPU launcher,
+    `torch.backends.xeon.run_cpu`, preloads them for the same reason)."""
+    library = ALLOCATORS[name]
+    if library is None:
+        return {}
+    for folder in LIBRARY_DIRS:
+        if (Path(folder) / library).is_file():
+            return {"LD_PRELOAD": str(Path(folder) / library)}
+    package = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}[name]
+    raise SystemExit(f"--allocator {name}: {library} not found in {', '.join(LIBRARY_DIRS)} "
+                     f"(Debian/Ubuntu: apt-get install {package})")
+
+
+def measure(cmd: list[str], log: Path, threads: int | None, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `cmd` (which writes its result JSON to the path after `--result`), with peak RSS and wall time.
     `threads`: torch's intra-op threads in the subprocess (None: torch's default, one per core)."""
     result = log.with_suffix(".json")
     result.unlink(missing_ok=True)
     started = time.perf_counter()
     with log.open("w") as out:
-        env = {**os.environ, **WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        env = {**os.environ, **WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+               **(extra_env or {})}
         process = subprocess.Popen([*cmd, "--result", str(result)], stdout=out, stderr=subprocess.STDOUT, env=env)
         sampler = PeakRSS(process.pid)
         sampler.start()
@@ -335,7 +356,7 @@ def ppo_ours(s: Settings, model: Path, data: dict[str, Path], out: Path, reward_
                   mini_batch_size=s.batch_size // s.mini_batches, ppo_epochs=s.ppo_epochs,
                   learning_rate=s.learning_rate, max_new_tokens=s.response_length, kl_coef=s.kl_coef,
                   lora_r=s.lora_r, lora_alpha=s.lora_alpha, save_steps=s.steps, log_completions_steps=s.steps,
-                  dtype="float32"))
+                  value_model=s.value_model, dtype="float32"))
     steps = runs.MetricsFile(out).read()
     return ppo_result([{name: row[f"time/{name}_s"] for name in ("generation", "scoring", "training")}
                        for row in steps], s.batch_size)
@@ -368,7 +389,7 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 def run_side(stage: str, side: str, s: Settings, inputs: dict[str, Any], workdir: Path, rep: int,
-             threads: int | None) -> dict:
+             threads: int | None, extra_env: dict[str, str]) -> dict:
     """One measured run of `stage` on `side` (ours | anchor) in a fresh subprocess."""
     out = workdir / "runs" / f"{stage}-{side}-{rep}"
     shutil.rmtree(out, ignore_errors=True)
@@ -379,7 +400,7 @@ def run_side(stage: str, side: str, s: Settings, inputs: dict[str, Any], workdir
                json.dumps({**spec, "reward_model": str(inputs["reward_merged"])})]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{stage}-{side}", "--spec", json.dumps(spec)]
-    return measure(cmd, workdir / "logs" / f"{stage}-{side}-{rep}.log", threads)
+    return measure(cmd, workdir / "logs" / f"{stage}-{side}-{rep}.log", threads, extra_env)
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -417,8 +438,10 @@ def anchor_versions(python: Path) -> dict[str, str]:
 
 
 def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, workdir: Path,
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, allocator: str = "glibc") -> dict[str, Any]:
     import torch
+
+    extra_env = allocator_env(allocator)
 
     if threads:
         torch.set_num_threads(threads)  # for the matmul measurement, as in the workers
@@ -427,7 +450,7 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
     model = prepare_model(workdir, s)
     inputs: dict[str, Any] = {"model": model, "data": prepare_data(workdir)}
     report: dict[str, Any] = {"settings": dataclasses.asdict(s), "reps": reps, "machine": machine(),
-                              "threads": torch.get_num_threads()}
+                              "threads": torch.get_num_threads(), "allocator": allocator}
     if "ppo" in stages:
         inputs["reward_run"] = prepare_ppo_reward(workdir, model, inputs["data"]["prefs"], s)
         if not skip_anchor:
@@ -444,7 +467,7 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
         flops.append(matmul_flops())
         for stage in stages:
             for side in (sides if rep % 2 else sides[::-1]):  # who goes first alternates between repetitions
-                result = run_side(stage, side, s, inputs, workdir, rep, threads)
+                result = run_side(stage, side, s, inputs, workdir, rep, threads, extra_env)
                 raw[stage][side].append(result)
                 print(f"rep {rep}/{reps} {stage:<6} {side:<6} " + ", ".join(
                     f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)), file=sys.stderr)
@@ -479,7 +502,8 @@ def markdown(report: dict[str, Any]) -> str:
     s, flops = report["settings"], report["matmul_flops"]
     lines = [(f"model: Llama-like, hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads, "
               f"{report['model_parameters'] / 1e6:.1f} M parameters; {report['reps']} repetitions, {s['steps']} steps, "
-              f"{report['threads']} torch threads; "
+              f"{report['threads']} torch threads; allocator {report['allocator']}; "
+              f"our PPO value model: {s['value_model']}; "
               f"matmul fp32 {flops['median'] / 1e9:.1f} GFLOP/s ({flops['min'] / 1e9:.1f}-{flops['max'] / 1e9:.1f})"),
              "", "| stage | metric | ours | anchor | ours ÷ anchor |", "| --- | --- | --- | --- | --- |"]
     for stage in STAGES:
@@ -504,6 +528,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--heads", type=int, default=None)
+    parser.add_argument("--value-model", choices=("lora_head", "policy_head"), default="lora_head",
+                        help="our PPO's value model (the anchor always trains a separate full one)")
+    parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc",
+                        help="malloc both sides run with (jemalloc/tcmalloc: preloaded from the system's libraries)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default: one per core); 1 is steadier on a busy machine")
     parser.add_argument("--workdir", default=str(REPO / ".bench" / "work"), help="models, data, run dirs and logs")
@@ -516,6 +544,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(hidden=64, layers=2, heads=4, steps=3) if args.tiny else Settings()
+    s.value_model = args.value_model
     for name in ("hidden", "layers", "heads", "steps"):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
@@ -533,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"choose from {', '.join(STAGES)}")
     if args.reps < 1:
         raise SystemExit("--reps must be at least 1")
-    report = benchmark(stages, settings_from(args), args.reps, args.skip_anchor, Path(args.workdir), args.threads)
+    report = benchmark(stages, settings_from(args), args.reps, args.skip_anchor, Path(args.workdir), args.threads,
+                       args.allocator)
     print(markdown(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -56,6 +56,15 @@ def test_preference_pairs_prefer_the_higher_gold_score(bench):
     assert pairs == bench.preference_pairs(seed=0)
 
 
+def test_allocator_is_preloaded_from_the_system_libraries_or_named_as_missing(bench, tmp_path, monkeypatch):
+    assert bench.allocator_env("glibc") == {}
+    monkeypatch.setattr(bench, "LIBRARY_DIRS", (str(tmp_path / "none"), str(tmp_path)))
+    with pytest.raises(SystemExit, match="apt-get install libjemalloc2"):
+        bench.allocator_env("jemalloc")
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    assert bench.allocator_env("tcmalloc") == {"LD_PRELOAD": str(tmp_path / "libtcmalloc_minimal.so.4")}
+
+
 def test_unknown_stage_is_refused(bench):
     with pytest.raises(SystemExit, match="unknown stage"):
         bench.main(["--only", "sft,dpo", "--skip-anchor"])

@@ -196,7 +196,8 @@ def test_a_deepspeed_config_that_disagrees_with_the_ppo_config_is_an_error():
 def update_on_fixed_rollout(args: list[str], rollout_file: Path, out: Path) -> None:
     """One PPO update (ppo_epochs passes) on a saved rollout; writes checkpoint-1 and the logged losses to `out`."""
     config = load_config(train.PPOConfig, args)
-    accelerator = distributed.make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = distributed.make_accelerator(several_passes=config.value_model == "lora_head",
+                                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     model, optimizer, scheduler, reward, _ = train.build_and_prepare(config, accelerator)
     ro = torch.load(rollout_file, weights_only=False)
     stats = models.normalisation(config, reward.stats)
@@ -209,13 +210,13 @@ def update_on_fixed_rollout(args: list[str], rollout_file: Path, out: Path) -> N
 
 def responses_of_many_lengths(generate):
     """`rollout.generate`, then row i cut by an EOS after i % R + 1 tokens: rows weigh differently in token means."""
-    def cut(model, tokenizer, prompt_ids, *args):
-        sequences = generate(model, tokenizer, prompt_ids, *args)
+    def cut(model, tokenizer, prompt_ids, *args, **kwargs):
+        sampled = generate(model, tokenizer, prompt_ids, *args, **kwargs)
         prompt_length = prompt_ids.shape[1]
-        for i, row in enumerate(sequences):
-            end = prompt_length + i % (sequences.shape[1] - prompt_length)
+        for i, row in enumerate(sampled.sequences):
+            end = prompt_length + i % (sampled.sequences.shape[1] - prompt_length)
             row[end], row[end + 1:] = tokenizer.eos_token_id, tokenizer.pad_token_id
-        return sequences
+        return sampled
     return cut
 
 
@@ -241,16 +242,20 @@ def updates(ppo_runs, tmp_path_factory):
         "--gradient_accumulation_steps", "2"]}
     for name, extra in layouts.items():
         update_on_fixed_rollout([*args, *extra], root / "rollout.pt", root / name)
-    launch("cpu_ddp_2proc", ["update", str(root / "rollout.pt"), str(root / "2 processes"), *args], root / "probe")
-    return {name: root / name for name in [*layouts, "2 processes"]}
+    launched = {"2 processes": "cpu_ddp_2proc", "2 processes, ZeRO-2": "cpu_zero2_2proc",
+                "2 processes, ZeRO-3": "cpu_zero3_2proc"}
+    for name, accelerate_config in launched.items():
+        launch(accelerate_config, ["update", str(root / "rollout.pt"), str(root / name), *args], root / f"probe {name}")
+    return {name: root / name for name in [*layouts, *launched]}
 
 
-@pytest.mark.parametrize("layout", ["1 process, accumulation", "2 processes"])
+@pytest.mark.parametrize("layout", ["1 process, accumulation", "2 processes", "2 processes, ZeRO-2",
+                                    "2 processes, ZeRO-3"])
 def test_update_is_the_same_for_any_processes_and_accumulation(updates, layout):
     reference, other = updates["1 process"], updates[layout]
     logged = {name: json.loads((folder / "update.json").read_text()) for name, folder in (("ref", reference),
                                                                                         ("other", other))}
-    assert logged["other"]["world_size"] == (2 if layout == "2 processes" else 1)
+    assert logged["other"]["world_size"] == (2 if layout.startswith("2 processes") else 1)
     for name, value in logged["ref"].items():
         if name != "world_size":
             assert logged["other"][name] == pytest.approx(value, rel=LOSS_RTOL, abs=1e-7), name
@@ -289,12 +294,12 @@ class Probe:
             self.record["rollout_prompts"].append(texts)
             return collect(model, reward, tokenizer, prompts, texts, *args, **kwargs)
 
-        def recording_generate(model, tokenizer, prompt_ids, *args):
+        def recording_generate(model, tokenizer, prompt_ids, *args, **kwargs):
             self.generating = True
-            sequences = generate(model, tokenizer, prompt_ids, *args)
+            sampled = generate(model, tokenizer, prompt_ids, *args, **kwargs)
             self.generating = False
-            self.record["generated_tokens"].append(sequences.shape[1] - prompt_ids.shape[1])
-            return sequences
+            self.record["generated_tokens"].append(sampled.sequences.shape[1] - prompt_ids.shape[1])
+            return sampled
 
         def save_then_crash(run_dir, step, *args, **kwargs):
             target = save(run_dir, step, *args, **kwargs)

@@ -6,10 +6,10 @@ from peft import PeftModel
 
 from reward.score import load_reward_model, score_texts
 from rlhf.errors import ConfigError
+from rlhf.generation import format_prompt
 from rlhf.models import load_causal_lm, load_tokenizer
 from rlhf.ppo import models, rollout
 from rlhf.ppo.train import PPOConfig
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,7 +25,7 @@ def sampled(model, tokenizer, runs, n=4):
     texts = rollout.read_prompts(str(runs["prompts"]), tokenizer, 512).texts[-n:]  # includes message-list prompts
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)
-    ids = rollout.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], 6, 1.0, 1.0)
+    ids = rollout.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], 6, 1.0, 1.0).sequences
     mask, _ = rollout.response_mask(ids[:, batch["input_ids"].shape[1]:], tokenizer.eos_token_id)
     return ids, torch.cat([batch["attention_mask"], mask.long()], 1), batch["input_ids"].shape[1]
 
@@ -85,6 +85,49 @@ def test_reward_scores_equal_the_reward_model(ppo_runs, reward_run):
     expected = score_texts(classifier, reward_tokenizer, prompts, responses)
     torch.testing.assert_close(reward(prompts, responses), expected, atol=1e-5, rtol=1e-5)
     assert expected.std() > 0
+
+
+@pytest.mark.parametrize("reward_run", ["rm", "rm_base"])
+def test_reward_reading_the_rollout_tokens_equals_reading_the_text(ppo_runs, reward_run):
+    """With the policy's tokenizer and template, the reward model scores prompt + response tokens + the template's
+    tail exactly as it scores the rendered text; with another template it reads the text."""
+    _, reward, info = models.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    assert reward.tail and "reads the rollout's tokens" in info["reward"]
+    prompts = ["Tell me about the number 3.", [{"role": "system", "content": "Be brief."},
+                                                {"role": "user", "content": "Count to 2."}]]
+    responses = ["It is odd.", "1, 2"]
+    token_ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+                 + tokenizer(r, add_special_tokens=False)["input_ids"] for p, r in zip(prompts, responses)]
+    torch.testing.assert_close(reward(prompts, responses, token_ids), reward(prompts, responses))
+    assert not torch.equal(reward(prompts, responses, [ids[:-1] for ids in token_ids]), reward(prompts, responses))
+
+    other = load_tokenizer(str(ppo_runs["sft"]))
+    other.chat_template = other.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    assert models.template_tail(other, tokenizer) is None
+
+
+def test_policy_and_value_passes_one_after_the_other_give_the_combined_gradients(ppo_runs):
+    """lora_head trains in two passes (policy, then value), each followed by its own backward; the gradients
+    equal those of one pass over both."""
+    model, _, _ = models.build(config(ppo_runs), "cpu")
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
+    assert model.training_passes() == (models.POLICY, models.VALUE)
+
+    def loss_of(logits, values):
+        return ((logits.float().logsumexp(-1).mean() if logits is not None else 0)
+                + (values.pow(2).mean() if values is not None else 0))
+
+    loss_of(*model(ids, attention_mask, prompt_length)).backward()
+    combined = [p.grad.clone() for p in model.trainable_parameters()]
+    model.zero_grad()
+    for part in model.training_passes():
+        logits, values = model(ids, attention_mask, prompt_length, part)
+        assert (logits is None) == (part == models.VALUE) and (values is None) == (part == models.POLICY)
+        loss_of(logits, values).backward()
+    for separate, together in zip((p.grad for p in model.trainable_parameters()), combined):
+        torch.testing.assert_close(separate, together)
 
 
 def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):

@@ -1,6 +1,7 @@
 """Rollout pieces: the response mask, prompt rows, and sampling from exactly the policy's distribution."""
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -40,24 +41,75 @@ def test_prompt_rows(ppo_runs, tmp_path):
         rollout.read_prompts(str(bad), tokenizer, 512)
 
 
+def ppo_model(ppo_runs, **overrides):
+    from rlhf.ppo import models
+    from rlhf.ppo.train import PPOConfig
+
+    config = PPOConfig(**{"policy_path": str(ppo_runs["sft"]), "reward_model_path": str(ppo_runs["rm"]),
+                          "dataset_path": str(ppo_runs["prompts"]), "lora_r": 4, "lora_alpha": 8, **overrides})
+    model, reward, _ = models.build(config, "cpu")
+    with torch.no_grad():  # a policy away from the reference, so that the two differ
+        for param in models.adapter_parameters(model.peft, models.POLICY):
+            param.add_(torch.randn_like(param) * 0.3)
+    return model, reward
+
+
 def test_sampling_follows_the_policy_distribution_whatever_the_model_ships(ppo_runs):
-    """Samples come from softmax(logits / temperature): shipped top-k, repetition penalty etc. are dropped."""
+    """Samples come from softmax(logits / temperature), then top-p: shipped top-k, repetition penalty etc. are
+    dropped, and the processors generate runs are exactly the recorder, the temperature and top-p."""
     from transformers import GenerationConfig
 
-    from rlhf.ppo.models import load_base, sampling_defaults
+    from rlhf.ppo.models import sampling_defaults
 
     shipped = GenerationConfig(top_k=5, top_p=0.5, temperature=0.3, repetition_penalty=1.3, eos_token_id=2,
                                pad_token_id=0, bos_token_id=1)
     assert sampling_defaults(shipped).to_diff_dict().keys() <= {"eos_token_id", "pad_token_id", "bos_token_id",
                                                                 "transformers_version"}
-    model = load_base(str(ppo_runs["sft"]), "float32")
+    model, _ = ppo_model(ppo_runs)
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
-
-    class Recorder:  # what rollout.generate asks of the model, with the processed scores returned too
-        def generate(self, **kwargs):
-            return model.generate(**kwargs, return_dict_in_generate=True, output_scores=True, output_logits=True)
-
     batch = tokenizer(["<|im_start|>user\nHi<|im_end|>\n"] * 2, return_tensors="pt", add_special_tokens=False)
-    out = rollout.generate(Recorder(), tokenizer, batch["input_ids"], batch["attention_mask"], 3, 0.7, 1.0)
-    for scores, logits in zip(out.scores, out.logits):
-        torch.testing.assert_close(scores, logits / 0.7)
+    seen = {}
+
+    def recording_generate(**kwargs):
+        out = model.peft.generate(**kwargs, return_dict_in_generate=True, output_scores=True, output_logits=True)
+        seen.update(kwargs=kwargs, out=out)
+        return out.sequences
+
+    with mock.patch.object(model, "generate", recording_generate):
+        rollout.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], 3, 0.7, 0.9)
+    assert [type(p).__name__ for p in seen["kwargs"]["logits_processor"]] == [
+        "SamplingRecord", "TemperatureLogitsWarper", "TopPLogitsWarper"]
+    for scores, logits in zip(seen["out"].scores, seen["out"].logits):
+        kept = torch.isfinite(scores)
+        torch.testing.assert_close(scores[kept], (logits / 0.7)[kept])
+        assert kept.any(1).all() and not kept.all()  # top-p 0.9 drops the tail
+
+
+@pytest.mark.parametrize("value_model", ["lora_head", "policy_head"])
+def test_what_sampling_records_equals_a_forward_pass(ppo_runs, value_model):
+    """Log-probs and entropy (and, for policy_head, the hidden states the values are read from) recorded while
+    sampling equal those of one forward pass over the finished sequences."""
+    from rlhf.ppo import core
+    from rlhf.ppo.models import POLICY
+
+    model, _ = ppo_model(ppo_runs, value_model=value_model)
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]), padding_side="left")
+    texts = rollout.read_prompts(str(ppo_runs["prompts"]), tokenizer, 512).texts[-4:]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    sampled = rollout.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], 8, 0.7, 1.0,
+                               keep_hidden=value_model == "policy_head")
+    prompt_length = batch["input_ids"].shape[1]
+    mask, _ = rollout.response_mask(sampled.sequences[:, prompt_length:], tokenizer.eos_token_id)
+    attention_mask = torch.cat([batch["attention_mask"], mask.long()], 1)
+    with torch.no_grad():
+        logits, hidden = model.logits(POLICY, sampled.sequences, attention_mask, prompt_length, with_hidden=True)
+    response = sampled.sequences[:, prompt_length:]
+    on = mask.bool()
+    torch.testing.assert_close(sampled.logprobs[on], core.logprobs_from_logits(logits, response, 0.7)[on])
+    torch.testing.assert_close(sampled.entropy[on], core.entropy_from_logits(logits, 0.7)[on])
+    assert sampled.logprobs.shape == response.shape
+    if value_model == "policy_head":
+        torch.testing.assert_close(sampled.hidden[on], hidden[on], atol=1e-5, rtol=1e-5)
+    else:
+        assert sampled.hidden is None

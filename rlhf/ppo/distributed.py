@@ -18,17 +18,20 @@ from rlhf.hf_stage import launched_processes
 from rlhf.ppo.rollout import Rollout
 
 
-def make_accelerator(**kwargs):
+def make_accelerator(several_passes: bool = False, **kwargs):
     """An Accelerator joining every launched process. Without GPUs, DDP runs on accelerate's CPU backend and
-    DeepSpeed on its CPU accelerator, both over gloo; ending up with fewer processes than launched is an error."""
+    DeepSpeed on its CPU accelerator, both over gloo; ending up with fewer processes than launched is an error.
+    `several_passes`: each micro-batch runs the model more than once (policy, then value), each pass using only
+    some of the trained weights, which DDP must be told."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     several_cpu = not on_gpu() and launched_processes() > 1
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    accelerator = Accelerator(cpu=several_cpu and not deepspeed,
-                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if several_cpu and deepspeed
-                              else None, **kwargs)
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=several_passes)]
+    if several_cpu and deepspeed:
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(cpu=several_cpu and not deepspeed, kwargs_handlers=handlers, **kwargs)
     if accelerator.num_processes != launched_processes():
         raise ConfigError(f"{launched_processes()} processes were launched but PPO runs as "
                           f"{accelerator.num_processes}; see docs/distributed.md")
@@ -129,3 +132,19 @@ def gather_rollout(ro: Rollout, accelerator, pad_token_id: int) -> Rollout:
         attention_mask=torch.cat([prompt_mask, gathered(ro.attention_mask[:, p:], 0)], dim=1),
         prompt_length=prompt_ids.shape[1], ended_with_eos=accelerator.gather(ro.ended_with_eos.long()).bool(),
         scores=accelerator.gather(ro.scores), **per_token)
+
+
+def backward(accelerator, loss: torch.Tensor, last: bool) -> None:
+    """`accelerator.backward`, for one of several backward passes of a micro-batch (policy, then value). Under
+    DeepSpeed, accelerate's backward also steps the engine at an accumulation boundary, so the passes before the last
+    call the engine's own backward outside any boundary. ZeRO counts micro-batches by backward passes, and
+    overwrites (rather than adds to) a gradient first set in micro-batch 0: a value gradient arriving in a second
+    pass would land on the last step's stale one. Marking the pass as not yet ended keeps the micro-batch's passes
+    on one count, which is how DeepSpeed treats the phases of one backward (tested against one process)."""
+    if last or not uses_deepspeed(accelerator):
+        accelerator.backward(loss)
+        return
+    engine = accelerator.deepspeed_engine_wrapped.engine
+    engine.set_gradient_accumulation_boundary(is_boundary=False)
+    engine.backward(loss)
+    engine.optimizer._epilogue_ran_this_backward = False

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rlhf.errors import ConfigError
+from rlhf.generation import format_prompt
 from rlhf.models import ModelSource, disable_dropout, load_causal_lm, load_tokenizer, resolve
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
@@ -98,19 +99,35 @@ class PolicyValueModel(nn.Module):
 
     def hidden_states(self, adapter: str | None, input_ids, attention_mask) -> torch.Tensor:
         """Final hidden states [B, L, H] of the transformer body (what a sequence classifier's head reads)."""
-        lm = self.causal_lm
         with self.adapter(adapter):
-            return getattr(lm, lm.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask,
-                                                     position_ids=position_ids(attention_mask),
-                                                     use_cache=False).last_hidden_state
+            return self.body(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
 
-    def forward(self, input_ids, attention_mask, prompt_length: int):
-        """(policy logits [B, R, V], values [B, R]) at the R positions that predict the response tokens."""
-        logits, hidden = self.logits(POLICY, input_ids, attention_mask, prompt_length,
-                                     with_hidden=self.value_model == "policy_head")
-        if self.value_model == "lora_head":
-            hidden = self.hidden_states(VALUE, input_ids, attention_mask)[:, prompt_length - 1:-1]
-        return logits, self.value_head(hidden.float()).squeeze(-1)
+    @property
+    def body(self) -> nn.Module:
+        """The transformer body under the LM head (its output is what value and score heads read)."""
+        return getattr(self.causal_lm, self.causal_lm.base_model_prefix)
+
+    def values_from(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Values [B, R] from final hidden states [B, R, H]."""
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    def training_passes(self) -> tuple[str, ...]:
+        """The forward/backward passes of one micro-batch. With its own adapter the value model is a second pass
+        of the base: it runs after the policy's backward, so only one pass's activations are held at a time."""
+        return (POLICY, VALUE) if self.value_model == "lora_head" else (POLICY,)
+
+    def forward(self, input_ids, attention_mask, prompt_length: int, part: str = "both"):
+        """(policy logits [B, R, V] or None, values [B, R] or None) at the R positions that predict the response.
+        part: "both"; "policy" (logits, and the values too when they are read off the policy's states); "value"."""
+        logits = values = None
+        if part in ("both", POLICY):
+            logits, hidden = self.logits(POLICY, input_ids, attention_mask, prompt_length,
+                                         with_hidden=self.value_model == "policy_head")
+            values = None if hidden is None else self.values_from(hidden)
+        if part in ("both", VALUE) and self.value_model == "lora_head":
+            values = self.values_from(self.hidden_states(VALUE, input_ids, attention_mask)[:, prompt_length - 1:-1])
+        return logits, values
 
     @torch.no_grad()
     def reference_logits(self, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
@@ -142,13 +159,15 @@ def adapter_parameters(peft_model, adapter: str) -> list[nn.Parameter]:
 
 
 class Reward(Protocol):
-    """Scores [B] of (prompt, response) pairs. `stats`: the reward model's {"mean", "std"} when known;
-    `modules`: the modules whose weights it uses."""
+    """Scores [B] of (prompt, response) pairs. `token_ids`: each pair as the policy's token ids (prompt, then the
+    response without EOS or padding), which a reward model may read instead of the text. `stats`: the reward
+    model's {"mean", "std"} when known; `modules`: the modules whose weights it uses."""
 
     stats: dict[str, float] | None
     modules: list[nn.Module]
 
-    def __call__(self, prompts: list, responses: list[str]) -> torch.Tensor: ...
+    def __call__(self, prompts: list, responses: list[str], token_ids: list[list[int]] | None = None
+                 ) -> torch.Tensor: ...
 
 
 class FunctionReward:
@@ -158,7 +177,7 @@ class FunctionReward:
         self.fn, self.name = fn, name
         self.stats, self.modules = None, []
 
-    def __call__(self, prompts, responses):
+    def __call__(self, prompts, responses, token_ids=None):
         scores = self.fn(prompts, responses)
         if len(scores) != len(responses):
             raise ConfigError(f"reward_fn {self.name} returned {len(scores)} scores for {len(responses)} responses")
@@ -166,20 +185,45 @@ class FunctionReward:
 
 
 class ModelReward:
-    """A reward model reading `reward.pairs.render(prompt, response)`, scored at the last non-padding token."""
+    """A reward model reading `reward.pairs.render(prompt, response)`, scored at the last non-padding token.
+
+    `tail`: the tokens its template puts after a response, when its rendering is exactly the policy's prompt tokens,
+    the response tokens, then `tail` (see `template_tail`). It then reads the rollout's own tokens (as TRL does),
+    skipping decode, render and re-tokenize, and scores what the policy sampled rather than a re-tokenization
+    of it, which for a barely trained policy can be many tokens longer."""
 
     def __init__(self, tokenizer, scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 stats: dict[str, float] | None, device, modules: list[nn.Module], shares_base: bool):
+                 stats: dict[str, float] | None, device, modules: list[nn.Module], shares_base: bool,
+                 tail: list[int] | None):
         self.tokenizer, self.scores_of, self.stats, self.device = tokenizer, scores_of, stats, device
-        self.modules, self.shares_base = modules, shares_base
+        self.modules, self.shares_base, self.tail = modules, shares_base, tail
 
     @torch.no_grad()
-    def __call__(self, prompts, responses):
+    def __call__(self, prompts, responses, token_ids=None):
         from reward.pairs import encode
 
-        ids = [encode(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        if self.tail is not None and token_ids is not None:
+            ids = [row + self.tail for row in token_ids]
+        else:
+            ids = [encode(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
         return self.scores_of(batch["input_ids"], batch["attention_mask"]).float().cpu()
+
+
+def template_tail(reward_tokenizer, policy_tokenizer) -> list[int] | None:
+    """What the reward's template appends after a response, if the reward renders (prompt, response) as the policy's
+    prompt tokens + the response's tokens + that tail; None when tokenizers or templates differ (then it reads text)."""
+    from reward.pairs import encode
+
+    same = (reward_tokenizer.get_vocab() == policy_tokenizer.get_vocab()
+            and reward_tokenizer.chat_template == policy_tokenizer.chat_template)
+    if not same:
+        return None
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}] if policy_tokenizer.chat_template else "What is 2 + 3?"
+    head = (policy_tokenizer(format_prompt(policy_tokenizer, prompt), add_special_tokens=False)["input_ids"]
+            + reward_tokenizer(" It is 5.", add_special_tokens=False)["input_ids"])
+    full = encode(reward_tokenizer, prompt, " It is 5.")
+    return full[len(head):] if full[:len(head)] == head else None
 
 
 def last_token_index(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
@@ -374,6 +418,8 @@ def build(config, device) -> tuple[PolicyValueModel, Reward, dict[str, Any]]:
     """(policy+value model, reward, facts for the log and summary) for a PPO config."""
     from peft import get_peft_model
 
+    policy_tokenizer = load_tokenizer(config.policy_path)
+
     policy_source = resolve(config.policy_path)
     base = load_base(config.policy_path, config.dtype)
     peft_model = get_peft_model(base, lora_config(config), adapter_name=POLICY)
@@ -398,15 +444,18 @@ def build(config, device) -> tuple[PolicyValueModel, Reward, dict[str, Any]]:
     if config.reward_fn:
         reward: Reward = load_reward_fn(config.reward_fn)
     elif shared:
-        reward = shared_reward(model, config.reward_model_path, shared.score, stats, device)
+        reward = shared_reward(model, config.reward_model_path, shared.score, stats, device, policy_tokenizer)
     else:
-        reward = separate_reward(config.reward_model_path, stats, device)
+        reward = separate_reward(config.reward_model_path, stats, device, policy_tokenizer)
+    if isinstance(reward, ModelReward):
+        info["reward"] += ("; it reads the rollout's tokens" if reward.tail is not None
+                           else "; its tokenizer or template differs from the policy's, so it re-tokenizes text")
     info["trainable_parameters"] = sum(p.numel() for p in model.trainable_parameters())
     return model, reward, info
 
 
 def shared_reward(model: PolicyValueModel, reward_path: str, score: dict[str, torch.Tensor],
-                  stats: dict[str, float] | None, device) -> ModelReward:
+                  stats: dict[str, float] | None, device, policy_tokenizer) -> ModelReward:
     """The reward as the "reward" adapter of the shared base plus its score head."""
     head = nn.Linear(score["weight"].shape[-1], 1, bias="bias" in score)
     with torch.no_grad():
@@ -423,10 +472,11 @@ def shared_reward(model: PolicyValueModel, reward_path: str, score: dict[str, to
         last = hidden[rows, last_token_index(input_ids, tokenizer.pad_token_id)]
         return head(last.to(head.weight.dtype)).squeeze(-1)
 
-    return ModelReward(tokenizer, scores_of, stats, device, [model, head], shares_base=True)
+    return ModelReward(tokenizer, scores_of, stats, device, [model, head], shares_base=True,
+                       tail=template_tail(tokenizer, policy_tokenizer))
 
 
-def separate_reward(reward_path: str, stats: dict[str, float] | None, device) -> ModelReward:
+def separate_reward(reward_path: str, stats: dict[str, float] | None, device, policy_tokenizer) -> ModelReward:
     """A frozen reward model of its own (its base differs from the PPO base)."""
     from reward.score import load_reward_model
 
@@ -440,4 +490,5 @@ def separate_reward(reward_path: str, stats: dict[str, float] | None, device) ->
         out = classifier(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
         return out.logits[:, 0]
 
-    return ModelReward(tokenizer, scores_of, stats, device, [classifier], shares_base=False)
+    return ModelReward(tokenizer, scores_of, stats, device, [classifier], shares_base=False,
+                       tail=template_tail(tokenizer, policy_tokenizer))

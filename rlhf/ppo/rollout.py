@@ -1,4 +1,5 @@
-"""Rollouts: sample responses to a batch of prompts, then score them with one forward pass per model.
+"""Rollouts: sample responses to a batch of prompts (recording the policy's log-probs as they are sampled), then
+score them with one forward pass per remaining model (reference, value adapter, reward).
 
 `generate` is the only function that samples; `collect` runs it inside the caller's `generation_weights` context (under
 ZeRO-3, one that gathers the parameters once per rollout rather than once per generated token).
@@ -7,7 +8,7 @@ ZeRO-3, one that gathers the parameters once per rollout rather than once per ge
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from rlhf.errors import DataError
 from rlhf.generation import format_prompt
 from rlhf.io import Row, read_rows
 from rlhf.ppo import core
+from rlhf.ppo.models import VALUE
 
 
 @dataclass
@@ -82,13 +84,87 @@ class Rollout:
         return self.input_ids[:, self.prompt_length:]
 
 
-def generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int, temperature: float, top_p: float):
-    """Sampled continuations (KV cache, stop at EOS) from the policy: [B, P + R] token ids."""
-    return model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, do_sample=True,
-        temperature=temperature, top_p=top_p, top_k=0,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+@dataclass
+class Sampled:
+    """What `generate` returns: the sequences and, read off the forward passes that sampled them, the policy's
+    log-probs and entropy at every response position (and the final hidden states there, when asked)."""
+
+    sequences: torch.Tensor  # [B, P + R]
+    logprobs: torch.Tensor  # [B, R] of each sampled token under softmax(logits / temperature)
+    entropy: torch.Tensor  # [B, R]
+    hidden: torch.Tensor | None  # [B, R, H] final hidden states at the positions that predict each response token
+
+
+class SamplingRecord:
+    """A logits processor placed first in `generate`'s list, so it sees the raw logits of every step: it keeps the
+    step's log-softmax at the sampling temperature, takes the sampled token's entry once the next step shows which
+    token it was, and the entropy. PPO's "old" log-probs thus cost no scoring pass (Huang et al. 2024 note that
+    generation and a later forward agree up to rounding; the update's first ratio is 1 up to that)."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.logprobs: list[torch.Tensor] = []
+        self.entropy: list[torch.Tensor] = []
+        self._pending: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._pending is not None:
+            self._take(input_ids[:, -1])
+        z = scores.float() / self.temperature
+        self._pending = torch.log_softmax(z, dim=-1)
+        self.entropy.append(core.entropy_from_logits(z))
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        self.logprobs.append(self._pending.gather(-1, tokens[:, None])[:, 0])
+        self._pending = None
+
+    def result(self, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, R] log-probs, [B, R] entropy), once `generate` has returned `sequences`."""
+        self._take(sequences[:, -1])
+        return torch.stack(self.logprobs, 1), torch.stack(self.entropy, 1)
+
+
+@contextmanager
+def final_hidden_states(body, keep: bool):
+    """Collects (when `keep`) the last position's output of the transformer body at every step of `generate`."""
+    steps: list[torch.Tensor] = []
+    if not keep:
+        yield steps
+        return
+
+    def hook(module, args, output):
+        steps.append(output.last_hidden_state[:, -1])
+
+    handle = body.register_forward_hook(hook)
+    try:
+        yield steps
+    finally:
+        handle.remove()
+
+
+def generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int, temperature: float, top_p: float,
+             keep_hidden: bool = False) -> Sampled:
+    """Sampled continuations (KV cache, stop at EOS) from the policy, with their log-probs recorded on the way.
+
+    Temperature and top-p are applied by processors given here after the recorder (generate itself is told
+    1.0, so it adds none), which keeps the recorder on the raw logits."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    record = SamplingRecord(temperature)
+    processors = LogitsProcessorList([record])
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    with final_hidden_states(model.body, keep_hidden) as hidden:
+        sequences = model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, do_sample=True,
+            temperature=1.0, top_p=1.0, top_k=0, logits_processor=processors,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    logprobs, entropy = record.result(sequences)
+    return Sampled(sequences, logprobs, entropy, torch.stack(hidden, 1) if keep_hidden else None)
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,28 +181,36 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) 
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
+def token_ids(input_ids, attention_mask, prompt_length: int, mask, ended_with_eos) -> list[list[int]]:
+    """Each row's prompt and response tokens, without padding or the closing EOS (what a reward model may read)."""
+    lengths = (mask.sum(1).long() - ended_with_eos.long()).tolist()
+    prompt_lengths = attention_mask[:, :prompt_length].sum(1).long().tolist()
+    return [row[prompt_length - p:prompt_length + n]
+            for row, p, n in zip(input_ids.tolist(), prompt_lengths, lengths)]
+
+
 @torch.no_grad()
-def score(model, reward, rollout_prompts: list, responses: list[str], input_ids, attention_mask, prompt_length: int,
-          mask, temperature: float, chunk: int) -> dict[str, torch.Tensor]:
-    """One pass per model over prompt + response, `chunk` rows at a time: log-probs, reference log-probs,
-    values, entropy and reward scores."""
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "entropy", "scores")}
+def score(model, reward, rollout_prompts: list, responses: list[str], sampled: Sampled, attention_mask,
+          prompt_length: int, mask, ended_with_eos, temperature: float, chunk: int) -> dict[str, torch.Tensor]:
+    """What sampling did not already give, `chunk` rows at a time: reference log-probs (the base with adapters
+    off), values (the value adapter's pass, or the head on the policy states kept while sampling) and scores."""
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("ref_logprobs", "values", "scores")}
+    input_ids = sampled.sequences
     for start in range(0, len(input_ids), chunk):
         rows = slice(start, start + chunk)
         ids, attn = input_ids[rows], attention_mask[rows]
-        tokens = ids[:, prompt_length:]
-        logits, values = model(ids, attn, prompt_length)
-        parts["logprobs"].append(core.logprobs_from_logits(logits, tokens, temperature))
-        parts["entropy"].append(core.entropy_from_logits(logits, temperature))
+        if sampled.hidden is not None:
+            values = model.values_from(sampled.hidden[rows])
+        else:
+            values = model(ids, attn, prompt_length, part=VALUE)[1]
         parts["values"].append(values.float() * mask[rows])
-        del logits
         ref_logits = model.reference_logits(ids, attn, prompt_length)
-        parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, tokens, temperature))
+        parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, ids[:, prompt_length:], temperature))
         del ref_logits
-        parts["scores"].append(reward(rollout_prompts[rows], responses[rows]).to(ids.device))
+        tokens = token_ids(ids, attn, prompt_length, mask[rows], ended_with_eos[rows])
+        parts["scores"].append(reward(rollout_prompts[rows], responses[rows], tokens).to(ids.device))
     out = {k: torch.cat(v) for k, v in parts.items()}
-    for name in ("logprobs", "ref_logprobs"):
-        out[name] = out[name] * mask
+    out["ref_logprobs"] = out["ref_logprobs"] * mask
     return out
 
 
@@ -138,15 +222,16 @@ def collect(model, reward, tokenizer, prompts: list, texts: list[str], max_new_t
     started = time.perf_counter()
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     with generation_weights:
-        sequences = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens,
-                             temperature, top_p)
-    prompt_length = batch["input_ids"].shape[1]
+        sampled = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens,
+                           temperature, top_p, keep_hidden=model.value_model == "policy_head")
+    sequences, prompt_length = sampled.sequences, batch["input_ids"].shape[1]
     mask, ended = response_mask(sequences[:, prompt_length:], tokenizer.eos_token_id)
     responses = decode_responses(tokenizer, sequences[:, prompt_length:], mask)  # .tolist() waits for the device
     generated = time.perf_counter()
     attention_mask = torch.cat([batch["attention_mask"], mask.long()], dim=1)
-    scored = score(model, reward, prompts, responses, sequences, attention_mask, prompt_length, mask, temperature,
-                   chunk)
-    rollout = Rollout(prompts, responses, sequences, attention_mask, prompt_length, mask, ended, **scored)
+    scored = score(model, reward, prompts, responses, sampled, attention_mask, prompt_length, mask, ended,
+                   temperature, chunk)
+    rollout = Rollout(prompts, responses, sequences, attention_mask, prompt_length, mask, ended,
+                      logprobs=sampled.logprobs * mask, entropy=sampled.entropy, **scored)
     timings = {"generation_s": generated - started, "scoring_s": time.perf_counter() - generated}
     return rollout, timings

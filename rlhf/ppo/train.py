@@ -149,6 +149,22 @@ def advantages_and_returns(ro: rollout.Rollout, config: PPOConfig, kl_coef: floa
     return scores, rewards, kl, core.masked_whiten(advantages, ro.mask), returns
 
 
+def pass_loss(model, part: str, ro: rollout.Rollout, rows, advantages, returns, config: PPOConfig):
+    """(loss, its logged parts) of one training pass over `rows`: the policy loss, the value loss, or both, as
+    the pass computes logits, values or both."""
+    logits, values = model(ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length, part)
+    loss, logged = 0.0, {}
+    if logits is not None:
+        logprobs = core.logprobs_from_logits(logits, ro.response_ids[rows], config.temperature)
+        pg_loss, stats = core.policy_loss(logprobs, ro.logprobs[rows], advantages[rows], ro.mask[rows],
+                                          config.clip_range)
+        loss, logged = loss + pg_loss, {**logged, "loss_policy": pg_loss, **stats}
+    if values is not None:
+        vf_loss, stats = core.value_loss(values, ro.values[rows], returns[rows], ro.mask[rows], config.clip_range_value)
+        loss, logged = loss + config.vf_coef * vf_loss, {**logged, "loss_value": vf_loss, **stats}
+    return loss, logged
+
+
 def ppo_update(model, optimizer, scheduler, accelerator, ro: rollout.Rollout, advantages, returns,
                config: PPOConfig, step: int) -> dict[str, float]:
     """`ppo_epochs` passes over the whole rollout in shuffled mini-batches, an optimizer step each. Every process
@@ -157,6 +173,7 @@ def ppo_update(model, optimizer, scheduler, accelerator, ro: rollout.Rollout, ad
     order_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     copies = accelerator.num_processes * config.gradient_accumulation_steps  # gradients are averaged over these
     sums: dict[str, torch.Tensor] = defaultdict(float)
+    policy = accelerator.unwrap_model(model)
     model.train()
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(ro.mask), generator=order_rng).to(ro.mask.device)
@@ -166,22 +183,18 @@ def ppo_update(model, optimizer, scheduler, accelerator, ro: rollout.Rollout, ad
                 rows = micro.chunk(accelerator.num_processes)[accelerator.process_index]
                 share = ro.mask[rows].sum() / tokens  # of the mini-batch's tokens
                 with accelerator.accumulate(model):
-                    logits, values = model(ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length)
-                    logprobs = core.logprobs_from_logits(logits, ro.response_ids[rows], config.temperature)
-                    pg_loss, pg_stats = core.policy_loss(logprobs, ro.logprobs[rows], advantages[rows],
-                                                         ro.mask[rows], config.clip_range)
-                    vf_loss, vf_stats = core.value_loss(values, ro.values[rows], returns[rows], ro.mask[rows],
-                                                        config.clip_range_value)
-                    loss = pg_loss + config.vf_coef * vf_loss
-                    core.check_finite("loss", loss, step)
-                    accelerator.backward(loss * share * copies)
+                    passes = policy.training_passes()
+                    for part in passes:  # a backward after each pass: one pass's activations held at a time
+                        loss, logged = pass_loss(model, part, ro, rows, advantages, returns, config)
+                        core.check_finite("loss", loss, step)
+                        distributed.backward(accelerator, loss * share * copies, last=part == passes[-1])
+                        for name, value in logged.items():
+                            sums[name] += value.detach().float() * share
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad()
-                for name, value in {"loss_policy": pg_loss, "loss_value": vf_loss, **pg_stats, **vf_stats}.items():
-                    sums[name] += value.detach().float() * share
     model.eval()
     mini_batches = config.ppo_epochs * len(ro.mask) // config.mini_batch_size
     return {name: (accelerator.reduce(total, "sum") / mini_batches).item() for name, total in sums.items()}
@@ -251,7 +264,8 @@ def run(config: PPOConfig) -> dict[str, Any]:
         return runs.read_summary(config.output_dir)
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = distributed.make_accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps, log_with=trackers(config.report_to) or None,
+        several_passes=config.value_model == "lora_head", gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=trackers(config.report_to) or None,
         step_scheduler_with_optimizer=False,  # the scheduler steps once per optimizer step, on any process count
         project_config=ProjectConfiguration(project_dir=config.output_dir,
                                             logging_dir=str(Path(config.output_dir) / "tensorboard")))
