@@ -1,8 +1,8 @@
 """`rlhf ppo --config FILE.yaml [--key value ...]`: PPO against a reward model (or a rule-based reward).
 
-Each step samples responses to `batch_size` prompts, scores them (policy and reference log-probs, values,
-reward), turns the scores into per-token rewards with a KL penalty to the SFT policy, estimates advantages
-(GAE), then runs `ppo_epochs` passes of clipped policy and value updates over shuffled mini-batches.
+Each step samples responses to `batch_size` prompts (recording the policy's log-probs), scores them (reference
+log-probs, values, reward), turns the scores into per-token rewards with a KL penalty to the SFT policy, estimates
+advantages (GAE), then runs `ppo_epochs` passes of clipped policy and value updates over shuffled mini-batches.
 Runs under plain `python`, `accelerate launch` (DDP) and DeepSpeed ZeRO-2/3 (see `distributed.py`): each process
 samples its own slice of the prompts, then every process holds the whole rollout and computes its share of each
 mini-batch.
@@ -264,7 +264,8 @@ def run(config: PPOConfig) -> dict[str, Any]:
         return runs.read_summary(config.output_dir)
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = distributed.make_accelerator(
-        several_passes=config.value_model == "lora_head", gradient_accumulation_steps=config.gradient_accumulation_steps,
+        several_passes=config.value_model == "lora_head",
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=trackers(config.report_to) or None,
         step_scheduler_with_optimizer=False,  # the scheduler steps once per optimizer step, on any process count
         project_config=ProjectConfiguration(project_dir=config.output_dir,
