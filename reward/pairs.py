@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf import io
-from rlhf.demos import check_messages
+from rlhf import datafiles
+from rlhf.sft_data import check_messages
 from rlhf.errors import ConfigError, DataError
-from rlhf.io import Row
+from rlhf.datafiles import Row
 
 FORMATS = ("pairs", "hosted", "hh", "label_export")
 VOTE_FIELDS = ("votes_chosen", "votes_rejected", "n_votes")  # with `pair_id`: what marks the labeling app's export
@@ -191,7 +191,7 @@ def load_pair_splits(path: str | Path, data_format: str = "auto", drop_bad_rows:
                      margin_column: str | None = "margin") -> tuple[dict[str, list[Pair]], list[DataError]]:
     """Pairs by split (a file is one split, `train`; a `datasets` folder keeps its splits) and the dropped rows."""
     dropped: list[DataError] = []
-    splits = io.read_splits(path, dropped if drop_bad_rows else None)
+    splits = datafiles.read_splits(path, dropped if drop_bad_rows else None)
     out = {}
     for name, rows in splits.items():
         out[name], bad = parse_rows(rows, data_format, drop_bad_rows, margin_column)

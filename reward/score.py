@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from reward import pairs as pairs_lib
-from rlhf import io
+from rlhf import datafiles
 from rlhf.errors import DataError
 
 MARGIN_BUCKETS = (0.34, 0.67)  # label-export margins of one vote: 1/3 slight, 2/3 clear, 1 strong
@@ -85,7 +85,7 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, margins: torch.Te
     return out
 
 
-def _text_inputs(rows: list[io.Row]) -> list[tuple]:
+def _text_inputs(rows: list[datafiles.Row]) -> list[tuple]:
     """(prompt, response) per {"prompt", "response"} row, or (None, text) per {"text"} row, checked."""
     if "text" in rows[0].data:
         texts = [(row, pairs_lib.required(row, "text")) for row in rows]
@@ -97,7 +97,7 @@ def _text_inputs(rows: list[io.Row]) -> list[tuple]:
              pairs_lib.check_response(pairs_lib.required(row, "response"), row.where, "response")) for row in rows]
 
 
-def _score_texts_file(model, tokenizer, rows: list[io.Row], inputs: list[tuple], batch_size: int,
+def _score_texts_file(model, tokenizer, rows: list[datafiles.Row], inputs: list[tuple], batch_size: int,
                       max_length: int | None):
     """(records with a `score`, summary) for {"prompt", "response"} or {"text"} rows and their `_text_inputs`."""
     ids = [(tokenizer(r, add_special_tokens=False)["input_ids"] if p is None else pairs_lib.encode(tokenizer, p, r))
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=None, help="truncate token sequences to this length")
     args = parser.parse_args(argv)
-    rows = io.read_rows(args.input)
+    rows = datafiles.read_rows(args.input)
     if not rows:
         raise DataError(args.input, "no rows")
     if {"response", "text"} & rows[0].data.keys():
@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
         model, tokenizer = load_reward_model(args.model)
         records, summary = _score_pairs_file(model, tokenizer, pairs, args.batch_size, args.max_length)
     if args.out:
-        io.write_jsonl(args.out, records)
+        datafiles.write_jsonl(args.out, records)
         print(f"wrote {len(records)} scored records to {args.out}")
     else:
         for record in records:

@@ -18,7 +18,7 @@ from reward import pairs as pairs_lib
 from reward.score import MARGIN_BUCKETS, pair_metrics
 from rlhf import hf_stage
 from rlhf.config import dump_json, key
-from rlhf.demos import LengthReport
+from rlhf.sft_data import LengthReport
 from rlhf.errors import ConfigError
 
 REWARD_STATS = "reward_stats.json"

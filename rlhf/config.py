@@ -1,4 +1,4 @@
-"""Stage configs: dataclasses read from `--config FILE.yaml` plus `--key value` overrides.
+"""Command configs: dataclasses read from `--config FILE.yaml` plus `--key value` overrides (every `rlhf` command).
 
 Why not `HfArgumentParser`: it accepts unknown YAML keys only by failing without naming close valid
 keys or the YAML line, and it turns ~130 TrainingArguments fields into argparse flags. Here every
@@ -74,13 +74,30 @@ def _parse_cli_value(raw: str, field: dataclasses.Field) -> Any:
     return value
 
 
-def parse_overrides(argv: list[str], valid: dict[str, dataclasses.Field]) -> tuple[str | None, dict[str, Any]]:
-    """(`--config` path, {key: value}) from `--config F --key value --key=value --flag`."""
+def _is_list_type(field: dataclasses.Field) -> bool:
+    tp = field.type if not isinstance(field.type, str) else None
+    return tp is not None and (typing.get_origin(tp) is list or any(typing.get_origin(a) is list
+                                                                   for a in typing.get_args(tp)))
+
+
+def parse_overrides(argv: list[str], valid: dict[str, dataclasses.Field],
+                    positional: tuple[str, ...] = ()) -> tuple[str | None, dict[str, Any]]:
+    """(`--config` path, {key: value}) from `[POSITIONAL ...] --config F --key value --key=value --flag`.
+
+    `--some-key` is read as `some_key`; a list key given several times (`--prompt a --prompt b`) collects them."""
     config_path, overrides, i = None, {}, 0
+    leading = list(positional)
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument '{arg}' (overrides are written --key value)")
+            if not leading:
+                names = f" (this command takes {', '.join(positional)} first)" if positional else ""
+                raise ConfigError(f"unexpected argument '{arg}'{names}; options are written --key value")
+            name = leading.pop(0)
+            overrides[name] = _parse_cli_value(arg, valid[name])
+            i += 1
+            continue
+        leading = []
         key, eq, raw = arg[2:].partition("=")
         key = key.replace("-", "_")
         if not eq:
@@ -95,14 +112,17 @@ def parse_overrides(argv: list[str], valid: dict[str, dataclasses.Field]) -> tup
             continue
         if key not in valid:
             raise _unknown_key(key, valid, "command line")
-        overrides[key] = _parse_cli_value(raw, valid[key])
+        value = _parse_cli_value(raw, valid[key])
+        if _is_list_type(valid[key]) and not isinstance(value, list):
+            value = [*overrides.get(key, []), raw]  # one more item, as written
+        overrides[key] = value
     return config_path, overrides
 
 
 def load_config(cls: type[C], argv: list[str], overrides: dict[str, Any] | None = None) -> C:
     """Build `cls` from `--config FILE.yaml`, then `--key value` arguments, then `overrides` (later wins)."""
     valid = config_keys(cls)
-    config_path, cli_values = parse_overrides(argv, valid)
+    config_path, cli_values = parse_overrides(argv, valid, getattr(cls, "POSITIONAL", ()))
     for name in overrides or {}:
         if name not in valid:
             raise _unknown_key(name, valid, "overrides")
@@ -125,7 +145,8 @@ def load_config(cls: type[C], argv: list[str], overrides: dict[str, Any] | None 
 
 def config_help(cls, title: str) -> str:
     """Text for `rlhf STAGE --help`: the stage's own keys with their help, then a note on inherited ones."""
-    lines = [title, "", "usage: --config FILE.yaml [--key value ...]", "", "keys of this stage:"]
+    first = "".join(f"{name.upper()} " for name in getattr(cls, "POSITIONAL", ()))
+    lines = [title, "", f"usage: {first}[--config FILE.yaml] [--key value ...]", "", "keys:"]
     for f in dataclasses.fields(cls):
         if f.init and f.metadata.get("stage"):
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
@@ -174,6 +195,14 @@ def wants_help(argv: list[str], cls, title: str) -> bool:
         print(config_help(cls, title))
         return True
     return False
+
+
+def command_main(argv: list[str], cls: type[C], doc: str, run: typing.Callable[[C], Any]) -> int:
+    """Entry point of every `rlhf COMMAND`: `--help` from the config's keys, else load the config and run it."""
+    if wants_help(argv, cls, doc.strip().splitlines()[0]):
+        return 0
+    result = run(load_config(cls, argv))
+    return result if isinstance(result, int) else 0
 
 
 def dump_json(obj: Any, path: str | Path) -> None:

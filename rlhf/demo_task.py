@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rlhf.io import write_jsonl
+from rlhf.datafiles import write_jsonl
 
 SEED = 0
 NAME_RATE = 0.25  # share of demonstrations that address the requester by name

@@ -23,7 +23,7 @@ from typing import Any
 
 from rlhf.config import dump_json
 from rlhf.errors import ConfigError
-from rlhf.generation import Sampling, add_sampling_args, sampling_from_args
+from rlhf.sampling import Sampling, add_sampling_args, sampling_from_args
 
 ROWS = (  # (result key, table label)
     ("reward_score", "reward-model score"),
@@ -84,7 +84,7 @@ def sequence_kl(model, tokenizer, prompts: list, response_ids: list[list[int]], 
     """log p_policy - log p_ref of each response; the reference is `reference`, else `model` with adapters off."""
     from peft import PeftModel
 
-    from rlhf.generation import format_prompt
+    from rlhf.sampling import format_prompt
 
     prompt_ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     args = (prompt_ids, response_ids, tokenizer.pad_token_id, temperature, batch_size)
@@ -101,7 +101,7 @@ def sequence_kl(model, tokenizer, prompts: list, response_ids: list[list[int]], 
 
 def sample_policy(path: str, prompts: list, sampling: Sampling, reference: str | None, device: str) -> dict[str, Any]:
     """Responses of one policy with its KL, length and diversity figures."""
-    from rlhf.generation import sample_tokens
+    from rlhf.sampling import sample_tokens
     from rlhf.models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(path, merge=False).to(device).eval()  # unmerged: the reference is the adapter switched off

@@ -1,13 +1,13 @@
 """`rlhf generate --model DIR_OR_RUN --prompt "..."`: print completions from a model, adapter or run directory.
 
-Prompts go through the model's chat template as one user turn (see rlhf.generation.format_prompt).
+Prompts go through the model's chat template as one user turn (see rlhf.sampling.format_prompt).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from rlhf.generation import add_sampling_args, load_for_generation, sample, sampling_from_args
+from rlhf.sampling import add_sampling_args, load_for_generation, sample, sampling_from_args
 
 
 def main(argv: list[str]) -> int:

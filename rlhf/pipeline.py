@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from rlhf import runs
 from rlhf.config import dump_json, key, load_config, save_config, wants_help
-from rlhf.generation import Sampling
+from rlhf.sampling import Sampling
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """`rlhf sft --config FILE.yaml [--key value ...]`: supervised fine-tuning with TRL's SFTTrainer.
 
-Reads demonstrations (see rlhf.demos), splits them, trains a LoRA adapter (or full weights, prompt
+Reads demonstrations (see rlhf.sft_data), splits them, trains a LoRA adapter (or full weights, prompt
 or prefix tuning) and writes a run directory (see rlhf.runs) that the reward and PPO stages read.
 """
 
@@ -31,7 +31,7 @@ def build_datasets(config: SFTStageConfig, tokenizer):
 
     if not config.dataset_path:
         raise ConfigError("dataset_path is not set")
-    splits = io.read_splits(config.dataset_path)
+    splits = datafiles.read_splits(config.dataset_path)
     checked = {name: demos.validate(rows)[1] for name, rows in splits.items()}
     parts = hf_stage.split(checked.get("train", []), checked, config.val_ratio, config.test_ratio, config.seed)
     out, reports = {}, {}

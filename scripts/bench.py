@@ -99,7 +99,7 @@ def preference_pairs(seed: int = 0) -> list[dict]:
 def prepare_data(workdir: Path) -> dict[str, Path]:
     """sft.jsonl (chats), prefs.jsonl (conversational pairs), prompts.jsonl (PPO prompts), all from the demo task."""
     from rlhf import demo_task
-    from rlhf.io import write_jsonl
+    from rlhf.datafiles import write_jsonl
 
     files = demo_task.demo_files()
     data = workdir / "data"

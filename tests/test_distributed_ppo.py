@@ -23,8 +23,8 @@ from dist_helpers import environment, launch_script, run
 from rlhf import cli, runs
 from rlhf.config import load_config
 from rlhf.errors import ConfigError
-from rlhf.ppo import checkpoint, distributed, models, rollout, train
-from rlhf.ppo.models import ADAPTER_WEIGHTS, POLICY, VALUE
+from rlhf.ppo import checkpoint, distributed, model_set, rollout, train
+from rlhf.ppo.model_set import ADAPTER_WEIGHTS, POLICY, VALUE
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -200,7 +200,7 @@ def update_on_fixed_rollout(args: list[str], rollout_file: Path, out: Path) -> N
                                                gradient_accumulation_steps=config.gradient_accumulation_steps)
     model, optimizer, scheduler, reward, _ = train.build_and_prepare(config, accelerator)
     ro = torch.load(rollout_file, weights_only=False)
-    stats = models.normalisation(config, reward.stats)
+    stats = model_set.normalisation(config, reward.stats)
     *_, advantages, returns = train.advantages_and_returns(ro, config, config.kl_coef, stats)
     losses = train.ppo_update(model, optimizer, scheduler, accelerator, ro, advantages, returns, config, step=1)
     checkpoint.save(out, 1, model, optimizer, scheduler, {}, accelerator)
@@ -231,7 +231,7 @@ def updates(ppo_runs, tmp_path_factory):
     config = load_config(train.PPOConfig, args)
     tokenizer = load_tokenizer(config.policy_path, padding_side="left")
     data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)
-    model, reward, _ = models.build(config, "cpu")
+    model, reward, _ = model_set.build(config, "cpu")
     with mock.patch.object(rollout, "generate", responses_of_many_lengths(rollout.generate)):
         ro, _ = rollout.collect(model, reward, tokenizer, data.prompts[:BATCH], data.texts[:BATCH], NEW_TOKENS,
                                 config.temperature, config.top_p, BATCH, "cpu", nullcontext())
@@ -282,7 +282,7 @@ class Probe:
         self.generating, self.model, self.model_parameters = False, None, None
 
     def install(self) -> None:
-        build, collect, generate, save = models.build, rollout.collect, rollout.generate, checkpoint.save
+        build, collect, generate, save = model_set.build, rollout.collect, rollout.generate, checkpoint.save
 
         def recording_build(config, device):
             model, reward, info = build(config, device)
@@ -307,7 +307,7 @@ class Probe:
                 raise SystemExit(f"probe: simulated crash after checkpoint-{step}")
             return target
 
-        models.build, rollout.collect, rollout.generate, checkpoint.save = (
+        model_set.build, rollout.collect, rollout.generate, checkpoint.save = (
             recording_build, recording_collect, recording_generate, save_then_crash)
         if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
             self.install_deepspeed()

@@ -42,14 +42,14 @@ def test_prompt_rows(ppo_runs, tmp_path):
 
 
 def ppo_model(ppo_runs, **overrides):
-    from rlhf.ppo import models
+    from rlhf.ppo import model_set
     from rlhf.ppo.train import PPOConfig
 
     config = PPOConfig(**{"policy_path": str(ppo_runs["sft"]), "reward_model_path": str(ppo_runs["rm"]),
                           "dataset_path": str(ppo_runs["prompts"]), "lora_r": 4, "lora_alpha": 8, **overrides})
-    model, reward, _ = models.build(config, "cpu")
+    model, reward, _ = model_set.build(config, "cpu")
     with torch.no_grad():  # a policy away from the reference, so that the two differ
-        for param in models.adapter_parameters(model.peft, models.POLICY):
+        for param in model_set.adapter_parameters(model.peft, model_set.POLICY):
             param.add_(torch.randn_like(param) * 0.3)
     return model, reward
 
@@ -59,7 +59,7 @@ def test_sampling_follows_the_policy_distribution_whatever_the_model_ships(ppo_r
     dropped, and the processors generate runs are exactly the recorder, the temperature and top-p."""
     from transformers import GenerationConfig
 
-    from rlhf.ppo.models import sampling_defaults
+    from rlhf.ppo.model_set import sampling_defaults
 
     shipped = GenerationConfig(top_k=5, top_p=0.5, temperature=0.3, repetition_penalty=1.3, eos_token_id=2,
                                pad_token_id=0, bos_token_id=1)
@@ -90,7 +90,7 @@ def test_what_sampling_records_equals_a_forward_pass(ppo_runs, value_model):
     """Log-probs and entropy (and, for policy_head, the hidden states the values are read from) recorded while
     sampling equal those of one forward pass over the finished sequences."""
     from rlhf.ppo import core
-    from rlhf.ppo.models import POLICY
+    from rlhf.ppo.model_set import POLICY
 
     model, _ = ppo_model(ppo_runs, value_model=value_model)
     tokenizer = load_tokenizer(str(ppo_runs["sft"]), padding_side="left")

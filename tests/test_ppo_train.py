@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from rlhf import runs
 from rlhf.ppo import train
 from rlhf.ppo.checkpoint import STATE
-from rlhf.ppo.models import ADAPTER_WEIGHTS
+from rlhf.ppo.model_set import ADAPTER_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

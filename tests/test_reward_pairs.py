@@ -9,7 +9,7 @@ from reward import pairs as pairs_lib
 from reward.pairs import Pair, load_pairs, render
 from rlhf import cli
 from rlhf.errors import DataError
-from rlhf.io import Row
+from rlhf.datafiles import Row
 
 PICNIC = [{"role": "user", "content": "Can you help me plan a picnic?"},
           {"role": "assistant", "content": "Of course. Where would you like to go?"},

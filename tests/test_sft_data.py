@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from rlhf import demos, io
+from rlhf import datafiles, sft_data
 from rlhf.cli import main
 
 GOOD = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}] * 3
@@ -26,11 +26,11 @@ def write_jsonl(path, rows):
     ({"mesages": [{"role": "user", "content": "x"}]}, 2, "messages"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, capsys, bad, line, field, tiny_llama):
-    data = write_jsonl(tmp_path / "demos.jsonl", [GOOD[0], bad, GOOD[0]])
+    data = write_jsonl(tmp_path / "sft_data.jsonl", [GOOD[0], bad, GOOD[0]])
     code = main(["sft", "--model_name_or_path", str(tiny_llama), "--dataset_path", str(data), "--output_dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2
-    assert f"demos.jsonl:{line}" in err
+    assert f"sft_data.jsonl:{line}" in err
     if field:
         assert f"field '{field}'" in err
     assert not (tmp_path / "run").exists()  # nothing started
@@ -39,15 +39,15 @@ def test_bad_rows_name_file_line_and_field(tmp_path, capsys, bad, line, field, t
 def test_missing_completion_field(tmp_path):
     data = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "a"}])
     with pytest.raises(Exception, match=r"pc\.jsonl:2: field 'completion': missing"):
-        demos.validate(io.read_rows(data))
+        sft_data.validate(datafiles.read_rows(data))
 
 
 def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(Exception, match="nope.jsonl: file not found"):
-        io.read_rows(tmp_path / "nope.jsonl")
+        datafiles.read_rows(tmp_path / "nope.jsonl")
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(Exception, match="unsupported file type '.txt'"):
-        io.read_rows(tmp_path / "x.txt")
+        datafiles.read_rows(tmp_path / "x.txt")
 
 
 def test_every_file_type_gives_the_same_examples(tmp_path):
@@ -60,13 +60,13 @@ def test_every_file_type_gives_the_same_examples(tmp_path):
 
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "folder"))
     for name in ("d.jsonl", "d.json", "d.csv", "d.parquet", "folder"):
-        assert demos.validate(io.read_rows(tmp_path / name)) == ("prompt_completion", rows), name
+        assert sft_data.validate(datafiles.read_rows(tmp_path / name)) == ("prompt_completion", rows), name
 
 
 def test_csv_row_numbers_are_file_lines(tmp_path):
     (tmp_path / "d.csv").write_text("prompt,completion\na,b\nc,\n")
     with pytest.raises(Exception, match=r"d\.csv:3: field 'completion'"):
-        demos.validate(io.read_rows(tmp_path / "d.csv"))
+        sft_data.validate(datafiles.read_rows(tmp_path / "d.csv"))
 
 
 def test_assistant_only_masking_token_by_token(tiny_llama):
@@ -74,22 +74,22 @@ def test_assistant_only_masking_token_by_token(tiny_llama):
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky?"},
             {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Grass?"},
             {"role": "assistant", "content": "Green."}]
-    out = demos.tokenize({"messages": chat}, tok)
+    out = sft_data.tokenize({"messages": chat}, tok)
     text = tok.apply_chat_template(chat, tokenize=False)
     assert tok.decode(out["input_ids"]) == text
     for token, label in zip(out["input_ids"], out["labels"]):
-        assert label in (token, demos.IGNORE)
-    trained = [tok.decode([t]) for t, label in zip(out["input_ids"], out["labels"]) if label != demos.IGNORE]
+        assert label in (token, sft_data.IGNORE)
+    trained = [tok.decode([t]) for t, label in zip(out["input_ids"], out["labels"]) if label != sft_data.IGNORE]
     assert "".join(trained) == "Blue.<|im_end|>Green.<|im_end|>"
     # everything before the first assistant answer is masked, including the "assistant\n" header
-    first = out["labels"].index(next(lbl for lbl in out["labels"] if lbl != demos.IGNORE))
+    first = out["labels"].index(next(lbl for lbl in out["labels"] if lbl != sft_data.IGNORE))
     assert tok.decode(out["input_ids"][:first]).endswith("<|im_start|>assistant\n")
 
 
 def test_prompt_completion_masks_the_prompt(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    out = demos.tokenize({"prompt": "Q: sky?\nA: ", "completion": "blue"}, tok)
+    out = sft_data.tokenize({"prompt": "Q: sky?\nA: ", "completion": "blue"}, tok)
     n_prompt = len(tok("Q: sky?\nA: ", add_special_tokens=False)["input_ids"])
-    assert out["labels"][:n_prompt] == [demos.IGNORE] * n_prompt
+    assert out["labels"][:n_prompt] == [sft_data.IGNORE] * n_prompt
     assert out["labels"][n_prompt:] == out["input_ids"][n_prompt:]
     assert out["input_ids"][-1] == tok.eos_token_id

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf import cli, export
 from rlhf.errors import ConfigError
-from rlhf.generation import sample_tokens
+from rlhf.sampling import sample_tokens
 from rlhf.models import load_causal_lm
 
 PROMPTS = ["Tell me about the number 3.", "What color is the sky?"]

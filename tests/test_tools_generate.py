@@ -1,7 +1,7 @@
-"""`rlhf generate`: prints the completions `rlhf.generation.sample` produces."""
+"""`rlhf generate`: prints the completions `rlhf.sampling.sample` produces."""
 
 from rlhf import cli
-from rlhf.generation import load_for_generation, sample
+from rlhf.sampling import load_for_generation, sample
 
 
 def test_generate_prints_greedy_completion(ppo_runs, capsys, one_thread):

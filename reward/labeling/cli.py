@@ -9,7 +9,7 @@ from pathlib import Path
 
 from reward.labeling.store import Store
 from rlhf.errors import ConfigError
-from rlhf.generation import add_sampling_args, sampling_from_args
+from rlhf.sampling import add_sampling_args, sampling_from_args
 
 DEFAULT_GUIDELINES = Path(__file__).resolve().parent / "guidelines.md"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from reward.labeling.agreement import majority
 from reward.labeling.store import Pair, Store, Vote
-from rlhf.io import write_jsonl
+from rlhf.datafiles import write_jsonl
 
 DEFAULT_STRENGTH = 2
 MAX_STRENGTH = 3

@@ -11,8 +11,8 @@ from pathlib import Path
 from reward.labeling.importing import prompt_from_row
 from reward.labeling.store import Pair
 from rlhf.errors import ConfigError
-from rlhf.generation import Sampling
-from rlhf.io import read_rows
+from rlhf.sampling import Sampling
+from rlhf.datafiles import read_rows
 
 
 def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> tuple[list[Pair], int]:
@@ -21,7 +21,7 @@ def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> 
     if sampling.n < 2:
         raise ConfigError(f"--n must be at least 2 to make a pair, got {sampling.n}")
     prompts = [prompt_from_row(row) for row in read_rows(prompts_path)]
-    from rlhf.generation import load_for_generation, sample  # torch-heavy: only when generating
+    from rlhf.sampling import load_for_generation, sample  # torch-heavy: only when generating
 
     policy, tokenizer = load_for_generation(model)
     completions = sample(

@@ -12,7 +12,7 @@ from typing import Any
 from reward.labeling.store import Pair
 from reward.pairs import check_prompt, check_response, required
 from rlhf.errors import DataError
-from rlhf.io import Row, read_rows
+from rlhf.datafiles import Row, read_rows
 
 
 def prompt_from_row(row: Row) -> str | list[dict[str, str]]:

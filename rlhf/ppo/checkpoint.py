@@ -21,7 +21,7 @@ import torch
 
 from rlhf import runs
 from rlhf.ppo import distributed
-from rlhf.ppo.models import ADAPTER_WEIGHTS, POLICY, VALUE, PolicyValueModel, load_adapter_weights
+from rlhf.ppo.model_set import ADAPTER_WEIGHTS, POLICY, VALUE, PolicyValueModel, load_adapter_weights
 
 KEEP = 2
 VALUE_HEAD = "value_head.pt"

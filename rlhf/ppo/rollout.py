@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from rlhf.demos import check_messages
+from rlhf.sft_data import check_messages
 from rlhf.errors import DataError
-from rlhf.generation import format_prompt
-from rlhf.io import Row, read_rows
+from rlhf.sampling import format_prompt
+from rlhf.datafiles import Row, read_rows
 from rlhf.ppo import core
-from rlhf.ppo.models import VALUE
+from rlhf.ppo.model_set import VALUE
 
 
 @dataclass

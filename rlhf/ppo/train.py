@@ -24,7 +24,7 @@ from rlhf import runs
 from rlhf.config import config_to_dict, key, load_config, save_config, wants_help
 from rlhf.errors import ConfigError
 from rlhf.models import load_tokenizer
-from rlhf.ppo import checkpoint, core, distributed, models, rollout
+from rlhf.ppo import checkpoint, core, distributed, model_set, rollout
 
 SCHEDULERS = ("constant", "linear", "cosine")
 COMPLETIONS = "completions.jsonl"
@@ -92,7 +92,7 @@ class PPOConfig:
         if self.mini_batch_size % self.gradient_accumulation_steps:
             raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not divisible by "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
-        choices = {"lr_scheduler": SCHEDULERS, "value_model": models.VALUE_MODELS, "kl_estimator": ("k1", "k3"),
+        choices = {"lr_scheduler": SCHEDULERS, "value_model": model_set.VALUE_MODELS, "kl_estimator": ("k1", "k3"),
                    "dtype": ("auto", "bfloat16", "float16", "float32")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -244,7 +244,7 @@ def build_and_prepare(config: PPOConfig, accelerator):
 
     set_seed(config.seed)  # the same fresh adapters on every process
     with distributed.whole_models(accelerator):
-        model, reward, info = models.build(config, accelerator.device)
+        model, reward, info = model_set.build(config, accelerator.device)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=0,
                               num_training_steps=config.optimizer_steps())
@@ -277,7 +277,7 @@ def run(config: PPOConfig) -> dict[str, Any]:
 
     model, optimizer, scheduler, reward, info = build_and_prepare(config, accelerator)
     policy = accelerator.unwrap_model(model)
-    stats = models.normalisation(config, reward.stats)
+    stats = model_set.normalisation(config, reward.stats)
     kl_control = core.kl_controller(config.kl_coef, config.kl_target, config.kl_horizon)
     set_seed(config.seed, device_specific=True)  # each process samples from its own stream
     start = 0

@@ -6,9 +6,9 @@ from peft import PeftModel
 
 from reward.score import load_reward_model, score_texts
 from rlhf.errors import ConfigError
-from rlhf.generation import format_prompt
+from rlhf.sampling import format_prompt
 from rlhf.models import load_causal_lm, load_tokenizer
-from rlhf.ppo import models, rollout
+from rlhf.ppo import model_set, rollout
 from rlhf.ppo.train import PPOConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,28 +39,28 @@ def base_storages(modules) -> set[int]:
 
 
 def test_one_copy_of_the_base_weights(ppo_runs):
-    model, reward, info = models.build(config(ppo_runs), "cpu")
+    model, reward, info = model_set.build(config(ppo_runs), "cpu")
     assert reward.shares_base and info["reward"].startswith("shared base")
-    assert set(model.peft.peft_config) == {models.POLICY, models.REWARD, models.VALUE}
+    assert set(model.peft.peft_config) == {model_set.POLICY, model_set.REWARD, model_set.VALUE}
     policy = reference = value = [model.peft]  # the reference is model.peft with adapters disabled
     storages = base_storages(policy + reference + value + [model.value_head] + reward.modules)
     n_base_tensors = len(list(load_causal_lm(str(ppo_runs["sft"])).parameters()))
     assert len(storages) == n_base_tensors
 
     # A reward model on another base cannot share it: then there are two copies.
-    model, reward, info = models.build(config(ppo_runs, reward_model_path=str(ppo_runs["rm_base"])), "cpu")
+    model, reward, info = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs["rm_base"])), "cpu")
     assert not reward.shares_base and "different base weights" in info["reward"]
     assert len(base_storages([model.peft] + reward.modules)) > 1.9 * n_base_tensors
 
 
 def test_reference_is_the_sft_model_and_the_policy_starts_there(ppo_runs):
-    model, _, _ = models.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len"), "cpu")
+    model, _, _ = model_set.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len"), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
     ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
     sft = load_causal_lm(str(ppo_runs["sft"])).eval()
     with torch.no_grad():
         expected = sft(input_ids=ids, attention_mask=attention_mask,
-                       position_ids=models.position_ids(attention_mask)).logits[:, prompt_length - 1:-1]
+                       position_ids=model_set.position_ids(attention_mask)).logits[:, prompt_length - 1:-1]
         reference = model.reference_logits(ids, attention_mask, prompt_length)
         policy, values = model(ids, attention_mask, prompt_length)
     tokens = ids[:, prompt_length:]
@@ -77,7 +77,7 @@ def test_reference_is_the_sft_model_and_the_policy_starts_there(ppo_runs):
 
 @pytest.mark.parametrize("reward_run", ["rm", "rm_base"])
 def test_reward_scores_equal_the_reward_model(ppo_runs, reward_run):
-    model, reward, _ = models.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
+    model, reward, _ = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
     assert reward.shares_base == (reward_run == "rm")
     prompts = ["Tell me about the number 3.", [{"role": "user", "content": "Count to 2."}], "Hi"]
     responses = ["It is odd.", "1, 2", ""]
@@ -91,7 +91,7 @@ def test_reward_scores_equal_the_reward_model(ppo_runs, reward_run):
 def test_reward_reading_the_rollout_tokens_equals_reading_the_text(ppo_runs, reward_run):
     """With the policy's tokenizer and template, the reward model scores prompt + response tokens + the template's
     tail exactly as it scores the rendered text; with another template it reads the text."""
-    _, reward, info = models.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
+    _, reward, info = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
     assert reward.tail and "reads the rollout's tokens" in info["reward"]
     prompts = ["Tell me about the number 3.", [{"role": "system", "content": "Be brief."},
@@ -104,16 +104,16 @@ def test_reward_reading_the_rollout_tokens_equals_reading_the_text(ppo_runs, rew
 
     other = load_tokenizer(str(ppo_runs["sft"]))
     other.chat_template = other.chat_template.replace("<|im_start|>", "<|im_start|> ")
-    assert models.template_tail(other, tokenizer) is None
+    assert model_set.template_tail(other, tokenizer) is None
 
 
 def test_policy_and_value_passes_one_after_the_other_give_the_combined_gradients(ppo_runs):
     """lora_head trains in two passes (policy, then value), each followed by its own backward; the gradients
     equal those of one pass over both."""
-    model, _, _ = models.build(config(ppo_runs), "cpu")
+    model, _, _ = model_set.build(config(ppo_runs), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
     ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
-    assert model.training_passes() == (models.POLICY, models.VALUE)
+    assert model.training_passes() == (model_set.POLICY, model_set.VALUE)
 
     def loss_of(logits, values):
         return ((logits.float().logsumexp(-1).mean() if logits is not None else 0)
@@ -124,14 +124,14 @@ def test_policy_and_value_passes_one_after_the_other_give_the_combined_gradients
     model.zero_grad()
     for part in model.training_passes():
         logits, values = model(ids, attention_mask, prompt_length, part)
-        assert (logits is None) == (part == models.VALUE) and (values is None) == (part == models.POLICY)
+        assert (logits is None) == (part == model_set.VALUE) and (values is None) == (part == model_set.POLICY)
         loss_of(logits, values).backward()
     for separate, together in zip((p.grad for p in model.trainable_parameters()), combined):
         torch.testing.assert_close(separate, together)
 
 
 def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):
-    model, reward, _ = models.build(config(ppo_runs), "cpu")
+    model, reward, _ = model_set.build(config(ppo_runs), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
     classifier, reward_tokenizer = load_reward_model(str(ppo_runs["rm"]))
     ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
@@ -139,15 +139,15 @@ def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):
         _, values = model(ids, attention_mask, prompt_length)
         # The value at the last position of the full sequence is the classifier's score of that sequence.
         last = classifier(input_ids=ids, attention_mask=attention_mask,
-                          position_ids=models.position_ids(attention_mask)).logits[:, 0]
-        hidden = model.hidden_states(models.VALUE, ids, attention_mask)
-        hidden = hidden[torch.arange(len(ids)), models.last_token_index(ids, tokenizer.pad_token_id)]
+                          position_ids=model_set.position_ids(attention_mask)).logits[:, 0]
+        hidden = model.hidden_states(model_set.VALUE, ids, attention_mask)
+        hidden = hidden[torch.arange(len(ids)), model_set.last_token_index(ids, tokenizer.pad_token_id)]
     torch.testing.assert_close(model.value_head(hidden).squeeze(-1), (last - 0.5) / 2.0, atol=1e-5, rtol=1e-5)
     assert values.shape == ids[:, prompt_length:].shape
 
 
 def test_adapter_switching_keeps_exactly_the_trained_weights_trainable(ppo_runs):
-    model, reward, _ = models.build(config(ppo_runs), "cpu")
+    model, reward, _ = model_set.build(config(ppo_runs), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
     trained = {id(p) for p in model.trainable_parameters()}
     ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
@@ -157,29 +157,29 @@ def test_adapter_switching_keeps_exactly_the_trained_weights_trainable(ppo_runs)
     assert {id(p) for p in model.parameters() if p.requires_grad} == trained
     (logits.float().logsumexp(-1).mean() + values.mean()).backward()
     assert all(p.grad is not None for p in model.trainable_parameters())
-    reward_lora = models.adapter_parameters(model.peft, models.REWARD)
+    reward_lora = model_set.adapter_parameters(model.peft, model_set.REWARD)
     assert reward_lora and all(p.grad is None and not p.requires_grad for p in reward_lora)
 
 
 def test_policy_head_value_model_reads_the_policy_states(ppo_runs):
-    model, _, _ = models.build(config(ppo_runs, value_model="policy_head"), "cpu")
+    model, _, _ = model_set.build(config(ppo_runs, value_model="policy_head"), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
-    assert set(model.peft.peft_config) == {models.POLICY, models.REWARD}
+    assert set(model.peft.peft_config) == {model_set.POLICY, model_set.REWARD}
     ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
     logits, values = model(ids, attention_mask, prompt_length)
-    _, hidden = model.logits(models.POLICY, ids, attention_mask, prompt_length, with_hidden=True)
+    _, hidden = model.logits(model_set.POLICY, ids, attention_mask, prompt_length, with_hidden=True)
     torch.testing.assert_close(values, model.value_head(hidden).squeeze(-1))
     values.pow(2).mean().backward()  # the value loss trains the policy's adapter too
-    assert all(p.grad is not None for p in models.adapter_parameters(model.peft, models.POLICY))
+    assert all(p.grad is not None for p in model_set.adapter_parameters(model.peft, model_set.POLICY))
 
 
 def test_final_policy_adapter_resolves_through_the_sft_run(ppo_runs, tmp_path):
     from rlhf.ppo import checkpoint
 
-    model, _, _ = models.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len"), "cpu")
+    model, _, _ = model_set.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len"), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
     with torch.no_grad():
-        for p in models.adapter_parameters(model.peft, models.POLICY):
+        for p in model_set.adapter_parameters(model.peft, model_set.POLICY):
             p.add_(0.05 * torch.randn_like(p))
     checkpoint.save_final(tmp_path, model, tokenizer)
     ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
@@ -206,4 +206,4 @@ def test_inconsistent_config_is_an_error(ppo_runs, overrides, message):
 
 def test_normalising_without_reward_statistics_is_an_error(ppo_runs):
     with pytest.raises(ConfigError, match="no reward statistics"):
-        models.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", normalize_scores=True), "cpu")
+        model_set.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", normalize_scores=True), "cpu")

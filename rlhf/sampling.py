@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from rlhf.config import key
 
 Prompt = str | list[dict[str, Any]]
 
 
 @dataclass
 class Sampling:
-    """How completions are sampled (`rlhf generate`, `rlhf eval`, `rlhf label generate`, the pipeline)."""
+    """How completions are sampled (`rlhf generate`, `rlhf eval`, `rlhf label generate`, the pipeline).
 
-    n: int = 1
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
+    A command's config inherits these keys (re-declaring a key changes its default there); `sampling()` takes
+    them back out."""
+
+    n: int = key(1, "completions per prompt")
+    max_new_tokens: int = key(64, "response length limit")
+    temperature: float = key(1.0, "sampling temperature; 0 = greedy")
+    top_p: float = key(1.0, "nucleus sampling")
+    seed: int = key(0, "sampling seed")
+    batch_size: int = key(16, "sequences generated at once")
+
+    def sampling(self) -> Sampling:
+        return Sampling(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Sampling)})
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhf.errors import DataError
-from rlhf.generation import format_prompt
-from rlhf.io import Row
+from rlhf.sampling import format_prompt
+from rlhf.datafiles import Row
 
 ROLES = ("system", "user", "assistant")
 IGNORE = -100
