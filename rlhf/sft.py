@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from trl import SFTConfig
 
-from rlhf import demos, hf_stage, io
+from rlhf import datafiles, hf_stage, sft_data
 from rlhf.errors import ConfigError, DataError
 
 
@@ -32,11 +32,11 @@ def build_datasets(config: SFTStageConfig, tokenizer):
     if not config.dataset_path:
         raise ConfigError("dataset_path is not set")
     splits = datafiles.read_splits(config.dataset_path)
-    checked = {name: demos.validate(rows)[1] for name, rows in splits.items()}
+    checked = {name: sft_data.validate(rows)[1] for name, rows in splits.items()}
     parts = hf_stage.split(checked.get("train", []), checked, config.val_ratio, config.test_ratio, config.seed)
     out, reports = {}, {}
     for name, examples in parts.items():
-        tokens, reports[name] = demos.tokenize_all(examples, tokenizer, config.max_length, config.too_long)
+        tokens, reports[name] = sft_data.tokenize_all(examples, tokenizer, config.max_length, config.too_long)
         out[name] = datasets.Dataset.from_list(tokens) if tokens else None
     if out["train"] is None:
         raise DataError(config.dataset_path, f"no training rows left ({reports['train']}; max_length={config.max_length})")
