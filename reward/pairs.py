@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf import datafiles
-from rlhf.sft_data import check_messages
+from rlhf.chat import Prompt, as_messages, check_prompt, check_response
 from rlhf.errors import ConfigError, DataError
 from rlhf.datafiles import Row
 
@@ -30,7 +30,6 @@ VOTE_FIELDS = ("votes_chosen", "votes_rejected", "n_votes")  # with `pair_id`: w
 HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
-Prompt = str | list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -81,33 +80,6 @@ def _number(row: Row, name: str) -> float:
     if not math.isfinite(number):
         raise DataError(row.where, f"expected a finite number, got {value!r}", field=name)
     return number
-
-
-def check_response(value: Any, where: str, field: str) -> str:
-    """A response given as a string or as a list holding one assistant message."""
-    if isinstance(value, list):
-        messages = check_messages(value, where, field)
-        if len(messages) != 1 or messages[0]["role"] != "assistant":
-            raise DataError(where, f"expected one assistant message, got {len(messages)} message(s)", field=field)
-        value = messages[0]["content"]
-    if not isinstance(value, str):
-        raise DataError(where, f"expected a string or a list with one assistant message, got {type(value).__name__}",
-                        field=field)
-    if not value.strip():
-        raise DataError(where, "empty response", field=field)
-    return value
-
-
-def check_prompt(value: Any, where: str, field: str) -> Prompt:
-    if isinstance(value, list):
-        messages = check_messages(value, where, field, need_assistant=False)
-        if messages[-1]["role"] == "assistant":
-            raise DataError(where, "ends with an assistant turn (the responses are the next assistant turn)",
-                            field=field)
-        return messages
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(where, "must be a non-empty string or a list of messages", field=field)
-    return value
 
 
 def _hh_turns(text: Any, where: str, field: str) -> list[dict[str, str]]:
@@ -225,8 +197,7 @@ def render(tokenizer, prompt: Prompt, response: str) -> str:
             raise DataError("chat template", "message-list prompts need a tokenizer with a chat template",
                             field="chat_template")
         return prompt + response + tokenizer.eos_token
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    return tokenizer.apply_chat_template(as_messages(prompt) + [{"role": "assistant", "content": response}], tokenize=False)
 
 
 def encode(tokenizer, prompt: Prompt, response: str) -> list[int]:

@@ -84,7 +84,7 @@ def sequence_kl(model, tokenizer, prompts: list, response_ids: list[list[int]], 
     """log p_policy - log p_ref of each response; the reference is `reference`, else `model` with adapters off."""
     from peft import PeftModel
 
-    from rlhf.sampling import format_prompt
+    from rlhf.chat import format_prompt
 
     prompt_ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     args = (prompt_ids, response_ids, tokenizer.pad_token_id, temperature, batch_size)

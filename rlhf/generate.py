@@ -1,6 +1,6 @@
 """`rlhf generate --model DIR_OR_RUN --prompt "..."`: print completions from a model, adapter or run directory.
 
-Prompts go through the model's chat template as one user turn (see rlhf.sampling.format_prompt).
+Prompts go through the model's chat template as one user turn (see rlhf.chat.format_prompt).
 """
 
 from __future__ import annotations

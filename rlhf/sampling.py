@@ -7,10 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf.chat import Prompt, format_prompt
 from rlhf.config import key
-
-Prompt = str | list[dict[str, Any]]
-
 
 @dataclass
 class Sampling:
@@ -43,19 +41,6 @@ def add_sampling_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
 
 def sampling_from_args(args: argparse.Namespace) -> Sampling:
     return Sampling(args.n, args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
-
-
-def format_prompt(tokenizer, prompt: Prompt) -> str:
-    """Prompt text ready for generation: chat template with a generation prompt when the tokenizer has one.
-
-    A plain-string prompt is treated as one user turn for chat models and used verbatim otherwise.
-    """
-    if tokenizer.chat_template is None:
-        if not isinstance(prompt, str):
-            raise ValueError("message-list prompts need a tokenizer with a chat template")
-        return prompt
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def load_for_generation(path_or_name: str):

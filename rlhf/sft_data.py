@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhf.errors import DataError
-from rlhf.sampling import format_prompt
+from rlhf.chat import as_messages, check_messages, format_prompt
 from rlhf.datafiles import Row
 
-ROLES = ("system", "user", "assistant")
 IGNORE = -100
 
 
@@ -30,27 +29,6 @@ def detect_format(row: Row) -> str:
     if "text" in keys:
         return "text"
     raise DataError(row.where, f"no 'messages', 'prompt'/'completion' or 'text' field (found: {', '.join(sorted(keys)) or 'none'})", field="messages")
-
-
-def check_messages(messages: Any, where: str, field: str = "messages", need_assistant: bool = True) -> list[dict]:
-    """A valid chat: a non-empty list of {role, content} with known roles (and an assistant turn)."""
-    if not isinstance(messages, list):
-        raise DataError(where, f"expected a list of messages, got {type(messages).__name__}", field=field)
-    if not messages:
-        raise DataError(where, "empty conversation", field=field)
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise DataError(where, "expected an object with 'role' and 'content'", field=f"{field}[{i}]")
-        for name in ("role", "content"):
-            if name not in message:
-                raise DataError(where, "missing", field=f"{field}[{i}].{name}")
-        if message["role"] not in ROLES:
-            raise DataError(where, f"unknown role '{message['role']}' (expected one of {', '.join(ROLES)})", field=f"{field}[{i}].role")
-        if not isinstance(message["content"], str):
-            raise DataError(where, "content must be a string", field=f"{field}[{i}].content")
-    if need_assistant and not any(m["role"] == "assistant" for m in messages):
-        raise DataError(where, "conversation has no assistant turn", field=field)
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def _text(row: Row, name: str) -> str:
@@ -105,7 +83,7 @@ def tokenize(example: dict, tokenizer) -> dict[str, list[int]]:
         return {"input_ids": ids, "labels": list(ids)}
     prompt, completion = example["prompt"], example["completion"]
     if isinstance(prompt, list) or isinstance(completion, list):  # conversational: template, mask the prompt part
-        prompt_msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        prompt_msgs = as_messages(prompt)
         completion_msgs = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
         prompt_ids = tokenizer(format_prompt(tokenizer, prompt_msgs), add_special_tokens=False)["input_ids"]
         full = tokenizer.apply_chat_template(prompt_msgs + completion_msgs, tokenize=False)

@@ -206,10 +206,10 @@ def test_generate_samples_pairs_from_a_policy(tmp_path, monkeypatch, capsys):
         calls.update(prompts=prompts, n=n, max_new_tokens=max_new_tokens, seed=seed)
         return [[f"{i}-x", f"{i}-y", f"{i}-x"] for i in range(len(prompts))]
 
-    from rlhf import generation
+    from rlhf import sampling
 
-    monkeypatch.setattr(generation, "load_for_generation", lambda path: ("model", "tokenizer"))
-    monkeypatch.setattr(generation, "sample", sample)
+    monkeypatch.setattr(sampling, "load_for_generation", lambda path: ("model", "tokenizer"))
+    monkeypatch.setattr(sampling, "sample", sample)
     chat = [{"role": "user", "content": "two"}]
     prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "one"}, {"prompt": chat}])
     db = tmp_path / "l.sqlite"

@@ -27,7 +27,7 @@ def test_sft_then_reward_then_ppo(tiny_llama, tmp_path, capsys):
                      "--max_steps", "3", "--batch_size", "8", "--mini_batch_size", "4", "--max_new_tokens", "8",
                      "--save_steps", "2", "--log_completions_steps", "3", "--report_to", "tensorboard"]) == 2
     # sft_chat.jsonl rows end with the assistant's answer: they are not prompts, and the error names the row.
-    assert "sft_chat.jsonl:1: field 'messages': the last message is the assistant's" in capsys.readouterr().err
+    assert "sft_chat.jsonl:1: field 'messages': ends with an assistant turn" in capsys.readouterr().err
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(f'{{"prompt": "What color is thing {i}?"}}\n' for i in range(8)))
     assert cli.main(["ppo", "--config", CPU_SMALL,

@@ -6,7 +6,7 @@ from peft import PeftModel
 
 from reward.score import load_reward_model, score_texts
 from rlhf.errors import ConfigError
-from rlhf.sampling import format_prompt
+from rlhf.chat import format_prompt
 from rlhf.models import load_causal_lm, load_tokenizer
 from rlhf.ppo import model_set, rollout
 from rlhf.ppo.train import PPOConfig

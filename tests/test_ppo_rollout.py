@@ -34,7 +34,7 @@ def test_prompt_rows(ppo_runs, tmp_path):
     rows = [{"prompt": "fine"}, {"messages": chat}]
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'messages': the last message is the assistant's"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'messages': ends with an assistant turn"):
         rollout.read_prompts(str(bad), tokenizer, 512)
     bad.write_text(json.dumps({"question": "Hi"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'prompt': no 'prompt' or 'messages' field"):

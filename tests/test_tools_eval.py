@@ -8,7 +8,8 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf import cli, evaluate
 from rlhf.errors import ConfigError
-from rlhf.sampling import Sampling, format_prompt, sample_tokens
+from rlhf.chat import format_prompt
+from rlhf.sampling import Sampling, sample_tokens
 from rlhf.models import load_causal_lm, load_tokenizer
 
 PROMPTS = ["Tell me about the number 1.", "Tell me about the number 2.", "Count to 3.", "What color is the sky?"]

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from reward.labeling.store import Pair
-from reward.pairs import check_prompt, check_response, required
+from reward.pairs import required
+from rlhf.chat import check_prompt, check_response
 from rlhf.errors import DataError
 from rlhf.datafiles import Row, read_rows
 

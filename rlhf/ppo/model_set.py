@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rlhf.errors import ConfigError
-from rlhf.sampling import format_prompt
+from rlhf.chat import format_prompt
 from rlhf.models import ModelSource, disable_dropout, load_causal_lm, load_tokenizer, resolve
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"

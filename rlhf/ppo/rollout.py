@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 
-from rlhf.sft_data import check_messages
 from rlhf.errors import DataError
-from rlhf.sampling import format_prompt
-from rlhf.datafiles import Row, read_rows
+from rlhf.chat import format_prompt, prompt_of_row
+from rlhf.datafiles import read_rows
 from rlhf.ppo import core
 from rlhf.ppo.model_set import VALUE
 
@@ -33,7 +32,7 @@ def read_prompts(path: str, tokenizer, max_prompt_length: int) -> Prompts:
     """Prompts from `{"prompt"}` rows (string or messages) or `{"messages"}` rows ending before the assistant's turn."""
     prompts, texts, too_long = [], [], 0
     for row in read_rows(path):
-        prompt = _prompt(row)
+        prompt = prompt_of_row(row)
         text = format_prompt(tokenizer, prompt)
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > max_prompt_length:
             too_long += 1
@@ -43,23 +42,6 @@ def read_prompts(path: str, tokenizer, max_prompt_length: int) -> Prompts:
     if not prompts:
         raise DataError(path, f"no usable prompts ({too_long} longer than max_prompt_length={max_prompt_length})")
     return Prompts(prompts, texts, too_long)
-
-
-def _prompt(row: Row) -> Any:
-    field = "prompt" if "prompt" in row.data else "messages" if "messages" in row.data else None
-    if field is None:
-        raise DataError(row.where, f"no 'prompt' or 'messages' field (found: {', '.join(sorted(row.data)) or 'none'})",
-                        field="prompt")
-    value = row.data[field]
-    if isinstance(value, str) and field == "prompt":
-        if not value.strip():
-            raise DataError(row.where, "empty prompt", field=field)
-        return value
-    messages = check_messages(value, row.where, field, need_assistant=False)
-    if messages[-1]["role"] == "assistant":
-        raise DataError(row.where, "the last message is the assistant's; a prompt ends before the assistant's turn",
-                        field=field)
-    return messages
 
 
 @dataclass
