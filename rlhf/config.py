@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import importlib
 import json
 import typing
 from pathlib import Path
@@ -219,3 +220,18 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+
+
+def import_function(spec: str, key: str) -> typing.Callable:
+    """The function a `module:function` config value names (the reward function, gold judge, annotator rule)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{key} '{spec}' must be written module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{key} '{spec}': cannot import module '{module_name}': {e}") from e
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ConfigError(f"{key} '{spec}': module '{module_name}' has no function '{attr}'")
+    return function
