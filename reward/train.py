@@ -17,12 +17,10 @@ from trl import RewardConfig, RewardTrainer
 from reward import pairs as pairs_lib
 from reward.score import MARGIN_BUCKETS, pair_metrics
 from rlhf import hf_stage
-from rlhf.config import dump_json, key
-from rlhf.sft_data import LengthReport
+from rlhf import runs
+from rlhf.config import key
+from rlhf.hf_stage import LengthReport
 from rlhf.errors import ConfigError
-
-REWARD_STATS = "reward_stats.json"
-
 
 @dataclass
 class RewardStageConfig(hf_stage.StageArgs, RewardConfig):
@@ -127,7 +125,7 @@ def reward_stats(trainer: PreferenceTrainer, run_dir: Path) -> dict:
     rewards = trainer.pair_rewards[:, :2].flatten().double()
     stats = {"mean": rewards.mean().item(), "std": rewards.std(correction=0).item(), "count": rewards.numel()}
     if trainer.is_world_process_zero():
-        dump_json(stats, run_dir / REWARD_STATS)
+        runs.write_json(stats, run_dir / runs.REWARD_STATS)
     return {"reward_stats": stats}
 
 

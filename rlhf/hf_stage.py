@@ -16,7 +16,7 @@ from typing import Any
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from rlhf import runs
-from rlhf.config import key, load_config, on_gpu, save_config, wants_help
+from rlhf.config import command_main, key, on_gpu
 from rlhf.errors import ConfigError
 
 PEFT_METHODS = ("lora", "full", "prompt_tuning", "prefix_tuning")
@@ -83,7 +83,7 @@ class StageArgs:
         Without this, transformers leaves each CPU process on its own (N copies training alone);
         it joins them when told it runs on CPU, and DeepSpeed's CPU accelerator when given gloo.
         """
-        if on_gpu() or launched_processes() < 2:
+        if on_gpu() or runs.launched_processes() < 2:
             return
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
             self.ddp_backend = self.ddp_backend or "gloo"
@@ -91,9 +91,17 @@ class StageArgs:
             self.use_cpu = True
 
 
-def launched_processes() -> int:
-    """How many processes the launcher (torchrun, accelerate launch, deepspeed) started in all."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+@dataclass
+class LengthReport:
+    """Rows of a split, how many were over `max_length`, and how many of those were dropped (for summary.json)."""
+
+    rows: int = 0
+    too_long: int = 0
+    dropped: int = 0
+
+    def __str__(self) -> str:
+        action = f"dropped {self.dropped}" if self.dropped else "truncated"
+        return f"{self.rows} rows, {self.too_long} over max_length ({action})"
 
 
 def peft_config(args: StageArgs, task_type: str):
@@ -178,36 +186,19 @@ def data_counts(reports: dict) -> dict[str, int]:
 
 
 def stage_main(argv: list[str], config_class, run, doc: str) -> int:
-    """`rlhf STAGE` entry point: --help, load the config, run, print the summary."""
-    if wants_help(argv, config_class, doc.splitlines()[0]):
-        return 0
-    summary = run(load_config(config_class, argv))
-    print({k: v for k, v in summary.items() if k != "data"})
-    return 0
+    """`rlhf STAGE` entry point of a trainer-based stage: `command_main`, printing the summary."""
+    return command_main(argv, config_class, doc, lambda config: print({k: v for k, v in run(config).items()
+                                                                         if k != "data"}))
 
 
 def prepare_run_dir(config, stage: str) -> tuple[Path, Path | None]:
-    """Write config.yaml, point the trainer at checkpoints/, and find the checkpoint to resume from.
-
-    Only the main process writes; the others wait for it, then all resume from the same checkpoint.
-    """
+    """`runs.prepare` the run directory, then point the trainer at its checkpoints/ and name the tracker run."""
     run_dir = Path(config.output_dir)
-    main = config.process_index == 0
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+    resume = runs.prepare(run_dir, config, config.process_index == 0, config.distributed_state.wait_for_everyone)
     runs.setup_tracking(config.report_to, run_dir, stage)
     config.output_dir = str(run_dir / runs.CHECKPOINTS)
     if not config.run_name or config.run_name == str(run_dir / runs.CHECKPOINTS):
         config.run_name = f"{run_dir.name}-{stage}"
-    for broken in runs.discard_incomplete_checkpoints(run_dir) if main else ():
-        print(f"removed incomplete checkpoint {broken}")
-    config.distributed_state.wait_for_everyone()
-    resume = runs.last_checkpoint(run_dir)
-    if main:
-        runs.MetricsFile(run_dir).truncate_after(runs.checkpoint_step(resume) if resume else 0)
-    if resume:
-        print(f"resuming from {resume}")
     return run_dir, resume
 
 
@@ -218,8 +209,8 @@ def train_and_finish(trainer, run_dir: Path, resume: Path | None, test_dataset, 
     `perplexity`: report exp(test loss) (language-model stages). `after_test(trainer) -> dict`: the stage's own
     finishing work (e.g. reward statistics), run by every process before `final/`; its result joins the summary.
     """
-    if trainer.accelerator.num_processes != launched_processes():
-        raise ConfigError(f"{launched_processes()} processes were launched but the trainer runs as "
+    if trainer.accelerator.num_processes != runs.launched_processes():
+        raise ConfigError(f"{runs.launched_processes()} processes were launched but the trainer runs as "
                           f"{trainer.accelerator.num_processes}; see docs/distributed.md")
     callbacks = [RunDirCallback(run_dir), *callbacks]
     if trainer.args.early_stopping_patience:
@@ -253,15 +244,13 @@ def mean_over_processes(trainer, value: float) -> float:
 
 
 def save_final(trainer, run_dir: Path, tokenizer) -> None:
-    """Every process takes part in saving (ZeRO-3 gathers shards); the main one renames into place."""
-    final, tmp = run_dir / runs.FINAL, run_dir / (runs.FINAL + ".tmp")
+    """Every process takes part in saving (ZeRO-3 gathers shards); the main one renames `final/` into place."""
+    final = run_dir / runs.FINAL
+    tmp = runs.staging_dir(final) if trainer.is_world_process_zero() else final.with_name(runs.FINAL + ".tmp")
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").unlink(missing_ok=True)  # TRL's model card names machine paths
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        tmp.rename(final)
+        runs.replace_dir(tmp, final)
     trainer.accelerator.wait_for_everyone()

@@ -11,8 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.errors import ConfigError
+from rlhf.runs import CONFIG, FINAL
 
-FINAL = "final"
+ADAPTER_CONFIG = "adapter_config.json"  # a peft adapter folder: its config (naming its base) and weights
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict:
+    """The `adapter_config.json` of a peft adapter folder, with a clear error when it is unreadable."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read the adapter config: {e}") from e
+
+
+def position_ids(attention_mask):
+    """Positions counted from each row's first real token (left padding), as `generate` counts them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @dataclass(frozen=True)
@@ -28,10 +44,10 @@ def resolve(path_or_name: str) -> ModelSource:
     path = Path(path_or_name)
     if (path / FINAL).is_dir():
         path = path / FINAL
-    elif path.is_dir() and (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+    elif path.is_dir() and (path / CONFIG).is_file() and not (path / "config.json").is_file():
         raise ConfigError(f"{path_or_name}: run directory has no `{FINAL}/` yet (did that stage finish?)")
-    if (path / "adapter_config.json").is_file():
-        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if (path / ADAPTER_CONFIG).is_file():
+        base = read_adapter_config(path)["base_model_name_or_path"]
         inner = resolve(base)  # the base may itself be base + adapter (e.g. PPO on an SFT adapter)
         if inner.adapter is not None and not _is_lora(inner.adapter):
             raise ConfigError(f"{path}: adapter on top of a non-LoRA adapter; export the base with `rlhf export` first")
@@ -77,7 +93,7 @@ def load_causal_lm(path_or_name: str, dtype: str = "auto", merge: bool = True):
 
 
 def _is_lora(adapter_dir: str) -> bool:
-    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_type") == "LORA"
+    return read_adapter_config(adapter_dir).get("peft_type") == "LORA"
 
 
 def load_sequence_classifier(path_or_name: str, dtype: str = "auto"):

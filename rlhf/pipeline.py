@@ -18,9 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rlhf import runs
-from rlhf.config import dump_json, key, load_config, save_config, wants_help
+from reward import train as reward_stage
+from reward.labeling.export import export_file
+from reward.labeling.generate import generate_pairs
+from reward.labeling.simulate import simulate_annotators
+from reward.labeling.stats import compute_stats
+from reward.labeling.store import Store
+from rlhf import evaluate, report, runs, sft
+from rlhf.config import command_main, import_function, key, load_config, save_config
+from rlhf.ppo import train as ppo_stage
+from rlhf.ppo.stage_config import PPOStageConfig
 from rlhf.sampling import Sampling
+from rlhf.tiny import make_tiny_model
 
 
 @dataclass
@@ -59,8 +68,6 @@ def stage_config(cls, yaml_path: str, wiring: dict, overrides: dict, config: Pip
 
 
 def build_base(config: PipelineConfig, root: Path) -> None:
-    from rlhf.tiny import make_tiny_model
-
     extra = Path(config.tokenizer_corpus).read_text(encoding="utf-8") if config.tokenizer_corpus else ""
     make_tiny_model(root / "base", config.tiny_arch, config.tiny_hidden, config.tiny_layers, config.tiny_heads,
                     config.seed, extra)
@@ -71,20 +78,12 @@ def base_path(config: PipelineConfig, root: Path) -> str:
 
 
 def train_sft(config: PipelineConfig, root: Path) -> None:
-    from rlhf import sft
-
     wiring = {"model_name_or_path": base_path(config, root), "output_dir": str(root / "sft")}
     sft.run(stage_config(sft.SFTStageConfig, config.sft_config, wiring, config.sft_overrides, config))
 
 
 def collect_labels(config: PipelineConfig, root: Path) -> None:
     """Sample candidate pairs from the SFT policy, have the simulated annotators label them, export."""
-    from reward.labeling.export import export_file
-    from reward.labeling.generate import generate_pairs
-    from reward.labeling.simulate import load_rule, simulate_annotators
-    from reward.labeling.stats import compute_stats
-    from reward.labeling.store import Store
-
     folder = root / "labels"
     store = Store(folder / "labels.sqlite")
     store.set_overlap(config.annotators)
@@ -92,45 +91,37 @@ def collect_labels(config: PipelineConfig, root: Path) -> None:
     pairs, left_out = generate_pairs(str(root / "sft"), config.label_prompts, sampling)
     added, present = store.add_pairs(pairs)
     print(f"  {added} new pairs ({present} already stored, {left_out} empty or repeated samples left out)")
-    written = simulate_annotators(folder / "labels.sqlite", load_rule(config.annotator_rule), config.annotators,
+    written = simulate_annotators(folder / "labels.sqlite", import_function(config.annotator_rule, "annotator_rule"), config.annotators,
                                   config.annotator_noise, config.seed)
     print(f"  {config.annotators} simulated annotators wrote {written} labels")
     result = export_file(store, folder / "prefs.jsonl", min_votes=config.min_votes)
     print("  " + result.summary().replace("\n", "\n  "))
-    dump_json(compute_stats(store), folder / "stats.json")
+    runs.write_json(compute_stats(store), folder / "stats.json")
 
 
 def train_reward(config: PipelineConfig, root: Path) -> None:
-    from reward import train
-
     wiring = {"model_name_or_path": str(root / "sft"), "dataset_path": str(root / "labels" / "prefs.jsonl"),
               "output_dir": str(root / "rm")}
-    train.run(stage_config(train.RewardStageConfig, config.reward_config, wiring, config.reward_overrides, config))
+    reward_stage.run(stage_config(reward_stage.RewardStageConfig, config.reward_config, wiring, config.reward_overrides, config))
 
 
 def train_ppo(config: PipelineConfig, root: Path) -> None:
-    from rlhf.ppo import train
-
     wiring = {"policy_path": str(root / "sft"), "reward_model_path": str(root / "rm"),
               "output_dir": str(root / "ppo")}
-    train.run(stage_config(train.PPOConfig, config.ppo_config, wiring, config.ppo_overrides, config))
+    ppo_stage.run(stage_config(PPOStageConfig, config.ppo_config, wiring, config.ppo_overrides, config))
 
 
-def evaluate(config: PipelineConfig, root: Path) -> None:
-    from rlhf import evaluate as ev
-
+def run_evaluation(config: PipelineConfig, root: Path) -> None:
     (root / "eval").mkdir(exist_ok=True)
     sampling = Sampling(max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
-    ev.run_eval(policy=str(root / "ppo"), prompts=config.eval_prompts, baseline=str(root / "sft"),
+    evaluate.run_eval(policy=str(root / "ppo"), prompts=config.eval_prompts, baseline=str(root / "sft"),
                 reward_model=str(root / "rm"), judge=config.gold_judge, out=root / "eval" / "eval.json",
                 sampling=sampling)
 
 
-def report(config: PipelineConfig, root: Path) -> None:
-    from rlhf import report as rp
-
+def plot_reports(config: PipelineConfig, root: Path) -> None:
     for name in ("sft", "rm", "ppo"):
-        rp.plot_run(root / name)
+        report.plot_run(root / name)
 
 
 # name -> (work, "is it done?")
@@ -140,8 +131,8 @@ STAGES: dict[str, tuple[Callable[[PipelineConfig, Path], None], Callable[[Pipeli
     "labels": (collect_labels, lambda c, r: (r / "labels" / "stats.json").is_file()),
     "reward": (train_reward, lambda c, r: runs.is_finished(r / "rm")),
     "ppo": (train_ppo, lambda c, r: runs.is_finished(r / "ppo")),
-    "eval": (evaluate, lambda c, r: (r / "eval" / "eval.json").is_file()),
-    "report": (report, lambda c, r: (r / "ppo" / "report.png").is_file()),
+    "eval": (run_evaluation, lambda c, r: (r / "eval" / "eval.json").is_file()),
+    "report": (plot_reports, lambda c, r: (r / "ppo" / "report.png").is_file()),
 }
 
 
@@ -163,7 +154,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
         work(config, root)
         runs.finish_tracking()
         timings[name] = round(time.perf_counter() - start, 1)
-        dump_json(timings, timings_path)
+        runs.write_json(timings, timings_path)
         print(f"{prefix}: done in {timings[name]:.1f} s", flush=True)
     table = root / "eval" / "eval.md"
     if table.is_file():
@@ -173,7 +164,4 @@ def run(config: PipelineConfig) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    if wants_help(argv, PipelineConfig, __doc__.splitlines()[0]):
-        return 0
-    run(load_config(PipelineConfig, argv))
-    return 0
+    return command_main(argv, PipelineConfig, __doc__, run)

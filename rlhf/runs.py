@@ -1,10 +1,13 @@
-"""Run directories: resolved config, metrics.jsonl, atomic checkpoints, resume, final output, trackers.
+"""Run directories, the contract between stages: every file name a stage writes and the next one reads, resume,
+atomic writes and trackers.
 
 Layout of `runs/<name>/`:
   config.yaml            resolved config of the latest start
   metrics.jsonl          one JSON object per logged step: {"step": N, "train/loss": ..., ...}
   checkpoints/checkpoint-N/   complete only once it holds the COMPLETE marker (written last)
   final/                 the result; renamed into place after it is fully written
+  reward_stats.json      (reward runs) mean and std of the reward model's scores, read by PPO to normalise them
+  completions.jsonl      (PPO runs) sampled completions every `log_completions_steps`
   summary.json           written last: its presence means the stage finished
 """
 
@@ -19,11 +22,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rlhf.config import save_config
+
+CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 COMPLETE = "COMPLETE"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+REWARD_STATS = "reward_stats.json"
+COMPLETIONS = "completions.jsonl"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -100,14 +108,17 @@ def _number(value: Any) -> Any:
         return str(value)
 
 
-@contextmanager
-def atomic_dir(target: str | Path):
-    """Yield a temporary folder; on success it replaces `target` in one rename."""
-    target = Path(target)
-    tmp = target.with_name(target.name + ".tmp")
+def staging_dir(target: str | Path) -> Path:
+    """An empty `target.tmp` to write a folder into before `replace_dir` puts it in place."""
+    tmp = Path(target).with_name(Path(target).name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
+    return tmp
+
+
+def replace_dir(tmp: Path, target: str | Path) -> None:
+    """Put a fully written `tmp` at `target` by renames: a crash leaves the old or the new folder, never half."""
+    target = Path(target)
     if target.exists():
         old = target.with_name(target.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -118,20 +129,63 @@ def atomic_dir(target: str | Path):
         tmp.rename(target)
 
 
+@contextmanager
+def atomic_dir(target: str | Path):
+    """Yield a temporary folder; on success it replaces `target` in one rename."""
+    tmp = staging_dir(target)
+    yield tmp
+    replace_dir(tmp, target)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / SUMMARY).read_text())
 
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
-    path = Path(run_dir) / SUMMARY
-    tmp = path.with_name(SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json(summary, Path(run_dir) / SUMMARY)
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (torchrun, accelerate launch, deepspeed) started to share this run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def prepare(run_dir: str | Path, config, is_main: bool, wait_for_everyone) -> Path | None:
+    """Start (or restart) a stage on `run_dir`: write config.yaml, drop half-written checkpoints and the metrics
+    logged after the last complete one; returns that checkpoint to resume from, or None. Only the main process
+    writes; every process returns the same checkpoint."""
+    run_dir = Path(run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG)
+        for broken in discard_incomplete_checkpoints(run_dir):
+            print(f"removed incomplete checkpoint {broken}")
+    wait_for_everyone()
+    resume = last_checkpoint(run_dir)
+    if is_main:
+        MetricsFile(run_dir).truncate_after(checkpoint_step(resume) if resume else 0)
+    if resume:
+        print(f"resuming from {resume}")
+    return resume
+
+
+def trackers(report_to: list[str] | str | None) -> list[str]:
+    """The trackers a `report_to` value names (a name or a list; "none" and empty mean none)."""
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return [t for t in targets if t != "none"]
 
 
 def setup_tracking(report_to: list[str] | str, run_dir: str | Path, stage: str) -> None:
     """Environment for the trackers: W&B offline (inside the run dir) when no API key is configured."""
-    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    targets = trackers(report_to)
     if "tensorboard" in targets or "all" in targets:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / "tensorboard")  # read by transformers' callback
     if "wandb" not in targets and "all" not in targets:

@@ -16,6 +16,7 @@ from typing import Any
 from rlhf.errors import DataError
 from rlhf.chat import as_messages, check_messages, format_prompt
 from rlhf.datafiles import Row
+from rlhf.hf_stage import LengthReport
 
 IGNORE = -100
 
@@ -92,17 +93,6 @@ def tokenize(example: dict, tokenizer) -> dict[str, list[int]]:
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return {"input_ids": ids, "labels": [IGNORE] * len(prompt_ids) + ids[len(prompt_ids):]}
-
-
-@dataclass
-class LengthReport:
-    rows: int = 0
-    too_long: int = 0
-    dropped: int = 0
-
-    def __str__(self) -> str:
-        action = f"dropped {self.dropped}" if self.dropped else "truncated"
-        return f"{self.rows} rows, {self.too_long} over max_length ({action})"
 
 
 def tokenize_all(examples: list[dict], tokenizer, max_length: int | None, too_long: str) -> tuple[list[dict], LengthReport]:

@@ -349,9 +349,10 @@ def reward_anchor(s: Settings, model: Path, data: dict[str, Path], out: Path) ->
 
 def ppo_ours(s: Settings, model: Path, data: dict[str, Path], out: Path, reward_run: Path) -> dict:
     from rlhf import runs
-    from rlhf.ppo.train import PPOConfig, run
+    from rlhf.ppo.stage_config import PPOStageConfig
+    from rlhf.ppo.train import run
 
-    run(PPOConfig(policy_path=str(model), reward_model_path=str(reward_run), dataset_path=str(data["prompts"]),
+    run(PPOStageConfig(policy_path=str(model), reward_model_path=str(reward_run), dataset_path=str(data["prompts"]),
                   output_dir=str(out), max_steps=s.steps, seed=s.seed, batch_size=s.batch_size,
                   mini_batch_size=s.batch_size // s.mini_batches, ppo_epochs=s.ppo_epochs,
                   learning_rate=s.learning_rate, max_new_tokens=s.response_length, kl_coef=s.kl_coef,

@@ -19,7 +19,7 @@ ACCELERATE = CONFIGS / "accelerate"
 STAGES = {  # a word of the file name (or the folder name) -> the stage's config class
     "sft": "rlhf.sft:SFTStageConfig",
     "reward": "reward.train:RewardStageConfig",
-    "ppo": "rlhf.ppo.train:PPOConfig",
+    "ppo": "rlhf.ppo.stage_config:PPOStageConfig",
     "pipeline": "rlhf.pipeline:PipelineConfig",
 }
 STAGE_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if ACCELERATE not in p.parents)

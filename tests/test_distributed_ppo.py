@@ -24,7 +24,11 @@ from rlhf import cli, runs
 from rlhf.config import load_config
 from rlhf.errors import ConfigError
 from rlhf.ppo import checkpoint, distributed, model_set, rollout, train
-from rlhf.ppo.model_set import ADAPTER_WEIGHTS, POLICY, VALUE
+from rlhf.models import ADAPTER_WEIGHTS
+from rlhf.ppo.model_set import POLICY, VALUE
+from rlhf.ppo.rewards import score_normalization
+from rlhf.ppo.stage_config import PPOStageConfig
+from rlhf.ppo.update import ppo_update
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -131,7 +135,7 @@ def test_zero3_run_has_one_writer_and_a_final_adapter_that_plain_peft_loads(zero
     assert summary["world_size"] == 2 and summary["global_step"] == STEPS
     assert summary["reward"].startswith("shared base")  # the reward adapter scored on the split base
     assert [m["step"] for m in runs.MetricsFile(run_dir).read()] == list(range(1, STEPS + 1))
-    completions = runs.MetricsFile(run_dir, train.COMPLETIONS).read()
+    completions = runs.MetricsFile(run_dir, runs.COMPLETIONS).read()
     assert [c["step"] for c in completions] == [s for s in range(1, STEPS + 1) for _ in range(train.COMPLETIONS_SHOWN)]
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
 
@@ -195,14 +199,13 @@ def test_a_deepspeed_config_that_disagrees_with_the_ppo_config_is_an_error():
 
 def update_on_fixed_rollout(args: list[str], rollout_file: Path, out: Path) -> None:
     """One PPO update (ppo_epochs passes) on a saved rollout; writes checkpoint-1 and the logged losses to `out`."""
-    config = load_config(train.PPOConfig, args)
+    config = load_config(PPOStageConfig, args)
     accelerator = distributed.make_accelerator(several_passes=config.value_model == "lora_head",
                                                gradient_accumulation_steps=config.gradient_accumulation_steps)
     model, optimizer, scheduler, reward, _ = train.build_and_prepare(config, accelerator)
     ro = torch.load(rollout_file, weights_only=False)
-    stats = model_set.normalisation(config, reward.stats)
-    *_, advantages, returns = train.advantages_and_returns(ro, config, config.kl_coef, stats)
-    losses = train.ppo_update(model, optimizer, scheduler, accelerator, ro, advantages, returns, config, step=1)
+    learn = train.estimate_advantages(ro, config, config.kl_coef, score_normalization(config, reward.stats))
+    losses = ppo_update(model, optimizer, scheduler, accelerator, ro, learn.advantages, learn.returns, config, step=1)
     checkpoint.save(out, 1, model, optimizer, scheduler, {}, accelerator)
     if accelerator.is_main_process:
         (out / "update.json").write_text(json.dumps({"world_size": accelerator.num_processes, **losses}))
@@ -228,13 +231,14 @@ def updates(ppo_runs, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("updates")
     args = ppo_args(ppo_runs, root / "unused")
-    config = load_config(train.PPOConfig, args)
+    config = load_config(PPOStageConfig, args)
     tokenizer = load_tokenizer(config.policy_path, padding_side="left")
     data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)
     model, reward, _ = model_set.build(config, "cpu")
     with mock.patch.object(rollout, "generate", responses_of_many_lengths(rollout.generate)):
-        ro, _ = rollout.collect(model, reward, tokenizer, data.prompts[:BATCH], data.texts[:BATCH], NEW_TOKENS,
-                                config.temperature, config.top_p, BATCH, "cpu", nullcontext())
+        settings = rollout.Settings(NEW_TOKENS, config.temperature, config.top_p, scoring_rows=BATCH)
+        samples = rollout.sample(model, tokenizer, data.texts[:BATCH], settings, "cpu", nullcontext())
+        ro = rollout.score(model, reward, data.prompts[:BATCH], samples, settings)
     assert len(set(ro.mask.sum(1).tolist())) == NEW_TOKENS
     torch.save(ro, root / "rollout.pt")
 
@@ -282,7 +286,7 @@ class Probe:
         self.generating, self.model, self.model_parameters = False, None, None
 
     def install(self) -> None:
-        build, collect, generate, save = model_set.build, rollout.collect, rollout.generate, checkpoint.save
+        build, sample, generate, save = model_set.build, rollout.sample, rollout.generate, checkpoint.save
 
         def recording_build(config, device):
             model, reward, info = build(config, device)
@@ -290,9 +294,9 @@ class Probe:
             self.model, self.model_parameters = model, len(list(model.parameters()))
             return model, reward, info
 
-        def recording_collect(model, reward, tokenizer, prompts, texts, *args, **kwargs):
+        def recording_sample(model, tokenizer, texts, *args, **kwargs):
             self.record["rollout_prompts"].append(texts)
-            return collect(model, reward, tokenizer, prompts, texts, *args, **kwargs)
+            return sample(model, tokenizer, texts, *args, **kwargs)
 
         def recording_generate(model, tokenizer, prompt_ids, *args, **kwargs):
             self.generating = True
@@ -307,8 +311,8 @@ class Probe:
                 raise SystemExit(f"probe: simulated crash after checkpoint-{step}")
             return target
 
-        model_set.build, rollout.collect, rollout.generate, checkpoint.save = (
-            recording_build, recording_collect, recording_generate, save_then_crash)
+        model_set.build, rollout.sample, rollout.generate, checkpoint.save = (
+            recording_build, recording_sample, recording_generate, save_then_crash)
         if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
             self.install_deepspeed()
 

@@ -8,8 +8,9 @@ from reward.score import load_reward_model, score_texts
 from rlhf.errors import ConfigError
 from rlhf.chat import format_prompt
 from rlhf.models import load_causal_lm, load_tokenizer
-from rlhf.ppo import model_set, rollout
-from rlhf.ppo.train import PPOConfig
+from rlhf.models import position_ids
+from rlhf.ppo import model_set, rewards, rollout
+from rlhf.ppo.stage_config import PPOStageConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def config(runs, **overrides):
     keys = dict(policy_path=str(runs["sft"]), reward_model_path=str(runs["rm"]), dataset_path=str(runs["prompts"]),
                 lora_r=4, lora_alpha=8)
-    return PPOConfig(**{**keys, **overrides})
+    return PPOStageConfig(**{**keys, **overrides})
 
 
 def sampled(model, tokenizer, runs, n=4):
@@ -40,7 +41,8 @@ def base_storages(modules) -> set[int]:
 
 def test_one_copy_of_the_base_weights(ppo_runs):
     model, reward, info = model_set.build(config(ppo_runs), "cpu")
-    assert reward.shares_base and info["reward"].startswith("shared base")
+    assert info["reward"].startswith("shared base")
+    assert info["reward_parameters"] == sum(p.numel() for p in reward.modules[1].parameters())  # its score head
     assert set(model.peft.peft_config) == {model_set.POLICY, model_set.REWARD, model_set.VALUE}
     policy = reference = value = [model.peft]  # the reference is model.peft with adapters disabled
     storages = base_storages(policy + reference + value + [model.value_head] + reward.modules)
@@ -49,7 +51,8 @@ def test_one_copy_of_the_base_weights(ppo_runs):
 
     # A reward model on another base cannot share it: then there are two copies.
     model, reward, info = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs["rm_base"])), "cpu")
-    assert not reward.shares_base and "different base weights" in info["reward"]
+    assert "different base weights" in info["reward"]
+    assert info["reward_parameters"] == sum(p.numel() for p in reward.modules[0].parameters())  # a whole model
     assert len(base_storages([model.peft] + reward.modules)) > 1.9 * n_base_tensors
 
 
@@ -60,7 +63,7 @@ def test_reference_is_the_sft_model_and_the_policy_starts_there(ppo_runs):
     sft = load_causal_lm(str(ppo_runs["sft"])).eval()
     with torch.no_grad():
         expected = sft(input_ids=ids, attention_mask=attention_mask,
-                       position_ids=model_set.position_ids(attention_mask)).logits[:, prompt_length - 1:-1]
+                       position_ids=position_ids(attention_mask)).logits[:, prompt_length - 1:-1]
         reference = model.reference_logits(ids, attention_mask, prompt_length)
         policy, values = model(ids, attention_mask, prompt_length)
     tokens = ids[:, prompt_length:]
@@ -77,8 +80,8 @@ def test_reference_is_the_sft_model_and_the_policy_starts_there(ppo_runs):
 
 @pytest.mark.parametrize("reward_run", ["rm", "rm_base"])
 def test_reward_scores_equal_the_reward_model(ppo_runs, reward_run):
-    model, reward, _ = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
-    assert reward.shares_base == (reward_run == "rm")
+    model, reward, info = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
+    assert info["reward"].startswith("shared base") == (reward_run == "rm")
     prompts = ["Tell me about the number 3.", [{"role": "user", "content": "Count to 2."}], "Hi"]
     responses = ["It is odd.", "1, 2", ""]
     classifier, reward_tokenizer = load_reward_model(str(ppo_runs[reward_run]))
@@ -104,7 +107,7 @@ def test_reward_reading_the_rollout_tokens_equals_reading_the_text(ppo_runs, rew
 
     other = load_tokenizer(str(ppo_runs["sft"]))
     other.chat_template = other.chat_template.replace("<|im_start|>", "<|im_start|> ")
-    assert model_set.template_tail(other, tokenizer) is None
+    assert rewards.template_tail(other, tokenizer) is None
 
 
 def test_policy_and_value_passes_one_after_the_other_give_the_combined_gradients(ppo_runs):
@@ -139,9 +142,9 @@ def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):
         _, values = model(ids, attention_mask, prompt_length)
         # The value at the last position of the full sequence is the classifier's score of that sequence.
         last = classifier(input_ids=ids, attention_mask=attention_mask,
-                          position_ids=model_set.position_ids(attention_mask)).logits[:, 0]
+                          position_ids=position_ids(attention_mask)).logits[:, 0]
         hidden = model.hidden_states(model_set.VALUE, ids, attention_mask)
-        hidden = hidden[torch.arange(len(ids)), model_set.last_token_index(ids, tokenizer.pad_token_id)]
+        hidden = hidden[torch.arange(len(ids)), rewards.last_token_index(ids, tokenizer.pad_token_id)]
     torch.testing.assert_close(model.value_head(hidden).squeeze(-1), (last - 0.5) / 2.0, atol=1e-5, rtol=1e-5)
     assert values.shape == ids[:, prompt_length:].shape
 

@@ -43,9 +43,9 @@ def test_prompt_rows(ppo_runs, tmp_path):
 
 def ppo_model(ppo_runs, **overrides):
     from rlhf.ppo import model_set
-    from rlhf.ppo.train import PPOConfig
+    from rlhf.ppo.stage_config import PPOStageConfig
 
-    config = PPOConfig(**{"policy_path": str(ppo_runs["sft"]), "reward_model_path": str(ppo_runs["rm"]),
+    config = PPOStageConfig(**{"policy_path": str(ppo_runs["sft"]), "reward_model_path": str(ppo_runs["rm"]),
                           "dataset_path": str(ppo_runs["prompts"]), "lora_r": 4, "lora_alpha": 8, **overrides})
     model, reward, _ = model_set.build(config, "cpu")
     with torch.no_grad():  # a policy away from the reference, so that the two differ

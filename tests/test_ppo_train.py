@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from rlhf import runs
 from rlhf.ppo import train
 from rlhf.ppo.checkpoint import STATE
-from rlhf.ppo.model_set import ADAPTER_WEIGHTS
+from rlhf.models import ADAPTER_WEIGHTS
+from rlhf.ppo.stage_config import PPOStageConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +38,7 @@ def ppo_config(ppo_runs, out, **overrides):
                 dataset_path=str(ppo_runs["prompts"]), output_dir=str(out), batch_size=8, mini_batch_size=4,
                 gradient_accumulation_steps=2, max_new_tokens=6, lora_r=4, lora_alpha=8, lora_target_modules=TARGETS,
                 learning_rate=1e-2, save_steps=2, log_completions_steps=2)
-    return train.PPOConfig(**{**keys, **overrides})
+    return PPOStageConfig(**{**keys, **overrides})
 
 
 def test_mean_score_rises_while_kl_stays_bounded(ppo_runs, tmp_path):
@@ -77,7 +78,7 @@ def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path):
         assert a["ppo/score_mean"] == b["ppo/score_mean"]
         assert a["ppo/kl_coef"] == pytest.approx(b["ppo/kl_coef"], rel=1e-6)
     assert straight_metrics[-1]["ppo/kl_coef"] != straight_metrics[0]["ppo/kl_coef"]
-    completions = runs.MetricsFile(tmp_path / "resumed", train.COMPLETIONS).read()
+    completions = runs.MetricsFile(tmp_path / "resumed", runs.COMPLETIONS).read()
     assert sorted({c["step"] for c in completions}) == [2, 4]
     kept = runs.complete_checkpoints(tmp_path / "resumed")
     assert [p.name for p in kept] == ["checkpoint-2", "checkpoint-4"]

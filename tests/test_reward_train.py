@@ -91,7 +91,7 @@ def test_reloads_with_plain_transformers_and_peft(trained, tiny_llama):
 
 def test_reward_stats_and_score_command(trained, tmp_path, capsys):
     config, run_dir, summary = trained
-    stats = json.loads((run_dir / train.REWARD_STATS).read_text())
+    stats = json.loads((run_dir / runs.REWARD_STATS).read_text())
     assert stats == summary["reward_stats"] and stats["count"] == 2 * 160
     model, tokenizer = load_reward_model(str(run_dir))
     pairs = split_of(config, "train")

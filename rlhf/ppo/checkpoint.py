@@ -21,7 +21,8 @@ import torch
 
 from rlhf import runs
 from rlhf.ppo import distributed
-from rlhf.ppo.model_set import ADAPTER_WEIGHTS, POLICY, VALUE, PolicyValueModel, load_adapter_weights
+from rlhf.models import ADAPTER_WEIGHTS
+from rlhf.ppo.model_set import POLICY, VALUE, PolicyValueModel, load_adapter_weights
 
 KEEP = 2
 VALUE_HEAD = "value_head.pt"
@@ -67,10 +68,7 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str,
     """Write checkpoint-`step` of the prepared `model` atomically; every process takes part (RNG states, ZeRO-3
     gathering, DeepSpeed's optimizer shards), the main process writes the rest."""
     target = run_dir / runs.CHECKPOINTS / f"checkpoint-{step}"
-    tmp = target.with_name(target.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    tmp = runs.staging_dir(target) if accelerator.is_main_process else target.with_name(target.name + ".tmp")
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
     policy = accelerator.unwrap_model(model)
@@ -89,8 +87,7 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str,
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        runs.replace_dir(tmp, target)
         runs.mark_complete(target)
         for old in runs.complete_checkpoints(run_dir)[:-KEEP]:
             shutil.rmtree(old)

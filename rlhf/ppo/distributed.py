@@ -14,7 +14,7 @@ import torch
 
 from rlhf.config import on_gpu
 from rlhf.errors import ConfigError
-from rlhf.hf_stage import launched_processes
+from rlhf.runs import launched_processes
 from rlhf.ppo.rollout import Rollout
 
 

@@ -1,41 +1,29 @@
-"""The PPO model set on one base in memory: policy, reference, value and reward.
+"""The PPO model set on one base in memory: policy, reference, value and reward (see `rewards.py` for the last).
 
 The base is the SFT model (an SFT LoRA adapter is merged into it once). On top of it, one peft model holds
   policy    = base + LoRA "policy" (trained)
   reference = the same base with adapters disabled (no second copy of the weights)
   value     = base + LoRA "value" + a scalar head (trained), or a scalar head on the policy's hidden states
-  reward    = base + LoRA "reward" + the reward model's score head (frozen), when the reward model was trained
-              on this same base (checked by a fingerprint of the weight files); otherwise a separate frozen
-              classifier, or a Python function for rule-based rewards.
+  reward    = base + LoRA "reward" + the reward model's score head (frozen), when the reward model shares the base
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 from rlhf.errors import ConfigError
-from rlhf.chat import format_prompt
-from rlhf.models import ModelSource, disable_dropout, load_causal_lm, load_tokenizer, resolve
+from rlhf.models import ADAPTER_WEIGHTS, disable_dropout, load_causal_lm, load_tokenizer, position_ids, resolve
+from rlhf.ppo import rewards
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
 VALUE_MODELS = ("lora_head", "policy_head")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-REWARD_STATS = "reward_stats.json"
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token (left padding), as `generate` counts them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class PolicyValueModel(nn.Module):
@@ -155,162 +143,6 @@ def adapter_parameters(peft_model, adapter: str) -> list[nn.Parameter]:
     return params
 
 
-# ---- rewards ---------------------------------------------------------------------------------------
-
-
-class Reward(Protocol):
-    """Scores [B] of (prompt, response) pairs. `token_ids`: each pair as the policy's token ids (prompt, then the
-    response without EOS or padding), which a reward model may read instead of the text. `stats`: the reward
-    model's {"mean", "std"} when known; `modules`: the modules whose weights it uses."""
-
-    stats: dict[str, float] | None
-    modules: list[nn.Module]
-
-    def __call__(self, prompts: list, responses: list[str], token_ids: list[list[int]] | None = None
-                 ) -> torch.Tensor: ...
-
-
-class FunctionReward:
-    """A rule-based reward: `fn(prompts, responses) -> list[float]` (prompts as given in the data)."""
-
-    def __init__(self, fn: Callable[[list, list[str]], list[float]], name: str):
-        self.fn, self.name = fn, name
-        self.stats, self.modules = None, []
-
-    def __call__(self, prompts, responses, token_ids=None):
-        scores = self.fn(prompts, responses)
-        if len(scores) != len(responses):
-            raise ConfigError(f"reward_fn {self.name} returned {len(scores)} scores for {len(responses)} responses")
-        return torch.tensor([float(s) for s in scores], dtype=torch.float32)
-
-
-class ModelReward:
-    """A reward model reading `reward.pairs.render(prompt, response)`, scored at the last non-padding token.
-
-    `tail`: the tokens its template puts after a response, when its rendering is exactly the policy's prompt tokens,
-    the response tokens, then `tail` (see `template_tail`). It then reads the rollout's own tokens (as TRL does),
-    skipping decode, render and re-tokenize, and scores what the policy sampled rather than a re-tokenization
-    of it, which for a barely trained policy can be many tokens longer."""
-
-    def __init__(self, tokenizer, scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 stats: dict[str, float] | None, device, modules: list[nn.Module], shares_base: bool,
-                 tail: list[int] | None):
-        self.tokenizer, self.scores_of, self.stats, self.device = tokenizer, scores_of, stats, device
-        self.modules, self.shares_base, self.tail = modules, shares_base, tail
-
-    @torch.no_grad()
-    def __call__(self, prompts, responses, token_ids=None):
-        from reward.pairs import encode
-
-        if self.tail is not None and token_ids is not None:
-            ids = [row + self.tail for row in token_ids]
-        else:
-            ids = [encode(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
-        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
-        return self.scores_of(batch["input_ids"], batch["attention_mask"]).float().cpu()
-
-
-def template_tail(reward_tokenizer, policy_tokenizer) -> list[int] | None:
-    """What the reward's template appends after a response, if the reward renders (prompt, response) as the policy's
-    prompt tokens + the response's tokens + that tail; None when tokenizers or templates differ (then it reads text)."""
-    from reward.pairs import encode
-
-    same = (reward_tokenizer.get_vocab() == policy_tokenizer.get_vocab()
-            and reward_tokenizer.chat_template == policy_tokenizer.chat_template)
-    if not same:
-        return None
-    prompt = [{"role": "user", "content": "What is 2 + 3?"}] if policy_tokenizer.chat_template else "What is 2 + 3?"
-    head = (policy_tokenizer(format_prompt(policy_tokenizer, prompt), add_special_tokens=False)["input_ids"]
-            + reward_tokenizer(" It is 5.", add_special_tokens=False)["input_ids"])
-    full = encode(reward_tokenizer, prompt, " It is 5.")
-    return full[len(head):] if full[:len(head)] == head else None
-
-
-def last_token_index(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
-    """Index of each row's last non-padding token (what a transformers sequence classifier scores)."""
-    if pad_token_id is None:
-        return torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    return (positions * (input_ids != pad_token_id)).argmax(-1)
-
-
-def load_reward_fn(spec: str) -> FunctionReward:
-    """`module:function` -> the function, wrapped as a Reward."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"reward_fn '{spec}' must be written module:function")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"reward_fn '{spec}': {e}") from e
-    return FunctionReward(fn, spec)
-
-
-def reward_stats(reward_path: str) -> dict[str, float] | None:
-    """{"mean", "std"} of the reward model's scores on its training data (from its run directory), if recorded."""
-    path = Path(reward_path) / REWARD_STATS
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-# ---- checking that two models share a base ----------------------------------------------------------
-
-
-def base_fingerprint(base: str, merged: tuple[str, ...]) -> str | None:
-    """Hash of the weights a base is built from (model files, then each merged adapter): the names and shapes of
-    all tensors and the first rows of three of them per file. None when the weights are not local safetensors."""
-    from safetensors import safe_open
-
-    digest = hashlib.sha256()
-    for name in (base, *merged):
-        folder = _local_folder(name)
-        files = sorted(folder.glob("*.safetensors")) if folder else []
-        if not files:
-            return None
-        for file in files:
-            with safe_open(str(file), framework="pt") as f:
-                keys = sorted(f.keys())
-                for key in keys:
-                    digest.update(f"{key}{list(f.get_slice(key).get_shape())}".encode())
-                for key in sorted({keys[0], keys[len(keys) // 2], keys[-1]}):
-                    digest.update(f.get_slice(key)[:64].float().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _local_folder(name: str) -> Path | None:
-    """A model folder on disk: the path itself, or a hub name's snapshot in the local cache."""
-    if Path(name).is_dir():
-        return Path(name)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except (OSError, ValueError):  # not cached, or not a hub name: nothing on disk to fingerprint
-        return None
-
-
-def ppo_base_source(policy: ModelSource) -> tuple[str, tuple[str, ...]]:
-    """(base, LoRA adapters merged into it) of the PPO base: the policy source with its LoRA merged."""
-    if policy.adapter is None:
-        return policy.base, policy.merged
-    return policy.base, policy.merged + (policy.adapter,)
-
-
-def shares_base(reward: ModelSource, policy: ModelSource) -> tuple[bool, str]:
-    """Whether the reward model is a LoRA classifier on exactly the PPO base, and why (for the log)."""
-    if reward.adapter is None:
-        return False, "the reward model is a full model, not an adapter"
-    config = json.loads((Path(reward.adapter) / "adapter_config.json").read_text())
-    if config.get("peft_type") != "LORA" or config.get("task_type") != "SEQ_CLS":
-        return False, f"the reward adapter is {config.get('peft_type')}/{config.get('task_type')}, not LORA/SEQ_CLS"
-    ours = base_fingerprint(*ppo_base_source(policy))
-    theirs = base_fingerprint(reward.base, reward.merged)
-    if ours is None or theirs is None:
-        return False, "the base weights are not local safetensors files, so sharing cannot be verified"
-    if ours != theirs:
-        return False, "the reward model was trained on different base weights than the PPO base"
-    return True, "the reward adapter was trained on the PPO base"
-
-
 # ---- building the set ------------------------------------------------------------------------------
 
 
@@ -403,18 +235,7 @@ def value_head(hidden_size: int, score: dict[str, torch.Tensor] | None, stats: d
     return head
 
 
-def normalisation(config, stats: dict[str, float] | None) -> dict[str, float] | None:
-    """The {"mean", "std"} to normalise scores with, or None. `normalize_scores: null` = when the reward model
-    has statistics."""
-    if config.normalize_scores is None:
-        return stats
-    if config.normalize_scores and stats is None:
-        raise ConfigError(f"normalize_scores is true but there are no reward statistics ({REWARD_STATS} in the "
-                          f"reward model's run directory)")
-    return stats if config.normalize_scores else None
-
-
-def build(config, device) -> tuple[PolicyValueModel, Reward, dict[str, Any]]:
+def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, Any]]:
     """(policy+value model, reward, facts for the log and summary) for a PPO config."""
     from peft import get_peft_model
 
@@ -428,8 +249,8 @@ def build(config, device) -> tuple[PolicyValueModel, Reward, dict[str, Any]]:
     stats, shared = None, None  # shared: the reward adapter, when the reward model shares the base
     if config.reward_model_path:
         reward_source = resolve(config.reward_model_path)
-        stats = reward_stats(config.reward_model_path)
-        sharing, why = shares_base(reward_source, policy_source)
+        stats = rewards.reward_stats(config.reward_model_path)
+        sharing, why = rewards.shares_base(reward_source, policy_source)
         info["reward"] = f"{'shared base' if sharing else 'separate model'}: {why}"
         if sharing:
             shared = reward_adapter(reward_source.adapter)
@@ -439,56 +260,32 @@ def build(config, device) -> tuple[PolicyValueModel, Reward, dict[str, Any]]:
             add_lora(peft_model, VALUE, shared)
         else:
             peft_model.add_adapter(VALUE, lora_config(config))
-    head = value_head(base.config.hidden_size, shared.score if shared else None, normalisation(config, stats))
+    head = value_head(base.config.hidden_size, shared.score if shared else None, rewards.score_normalization(config, stats))
     model = PolicyValueModel(peft_model, head, config.value_model)
     if config.reward_fn:
-        reward: Reward = load_reward_fn(config.reward_fn)
+        reward: rewards.Reward = rewards.load_reward_fn(config.reward_fn)
     elif shared:
-        reward = shared_reward(model, config.reward_model_path, shared.score, stats, device, policy_tokenizer)
+        def reward_states(ids, mask):
+            return model.hidden_states(REWARD, ids, mask)
+
+        reward = rewards.shared_reward(reward_states, model, config.reward_model_path, shared.score, stats, device,
+                                       policy_tokenizer)
     else:
-        reward = separate_reward(config.reward_model_path, stats, device, policy_tokenizer)
-    if isinstance(reward, ModelReward):
+        reward = rewards.separate_reward(config.reward_model_path, stats, device, policy_tokenizer)
+    if isinstance(reward, rewards.ModelReward):
         info["reward"] += ("; it reads the rollout's tokens" if reward.tail is not None
                            else "; its tokenizer or template differs from the policy's, so it re-tokenizes text")
     info["trainable_parameters"] = sum(p.numel() for p in model.trainable_parameters())
+    info["reward_parameters"] = added_parameters(reward.modules, model)
     return model, reward, info
 
 
-def shared_reward(model: PolicyValueModel, reward_path: str, score: dict[str, torch.Tensor],
-                  stats: dict[str, float] | None, device, policy_tokenizer) -> ModelReward:
-    """The reward as the "reward" adapter of the shared base plus its score head."""
-    head = nn.Linear(score["weight"].shape[-1], 1, bias="bias" in score)
-    with torch.no_grad():
-        head.weight.copy_(score["weight"].reshape(1, -1))
-        if "bias" in score:
-            head.bias.copy_(score["bias"].reshape(1))
-    head.requires_grad_(False)
-    head.to(device)
-    tokenizer = load_tokenizer(reward_path, padding_side="left")
-
-    def scores_of(input_ids, attention_mask):
-        hidden = model.hidden_states(REWARD, input_ids, attention_mask)
-        rows = torch.arange(len(hidden), device=hidden.device)
-        last = hidden[rows, last_token_index(input_ids, tokenizer.pad_token_id)]
-        return head(last.to(head.weight.dtype)).squeeze(-1)
-
-    return ModelReward(tokenizer, scores_of, stats, device, [model, head], shares_base=True,
-                       tail=template_tail(tokenizer, policy_tokenizer))
+def added_parameters(modules: list[nn.Module], model: nn.Module) -> int:
+    """Parameters that `modules` hold in memory beyond those of `model` (0 for a reward on the shared base but its
+    head; a whole second model for a separate reward model)."""
+    held = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    extra = {p.untyped_storage().data_ptr(): p.numel() for m in modules for p in m.parameters()
+             if p.untyped_storage().data_ptr() not in held}
+    return sum(extra.values())
 
 
-def separate_reward(reward_path: str, stats: dict[str, float] | None, device, policy_tokenizer) -> ModelReward:
-    """A frozen reward model of its own (its base differs from the PPO base)."""
-    from reward.score import load_reward_model
-
-    classifier, tokenizer = load_reward_model(reward_path)
-    tokenizer.padding_side = "left"
-    disable_dropout(classifier)
-    classifier.requires_grad_(False)
-    classifier.eval().to(device)
-
-    def scores_of(input_ids, attention_mask):
-        out = classifier(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-        return out.logits[:, 0]
-
-    return ModelReward(tokenizer, scores_of, stats, device, [classifier], shares_base=False,
-                       tail=template_tail(tokenizer, policy_tokenizer))

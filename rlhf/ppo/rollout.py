@@ -1,13 +1,12 @@
-"""Rollouts: sample responses to a batch of prompts (recording the policy's log-probs as they are sampled), then
-score them with one forward pass per remaining model (reference, value adapter, reward).
+"""Rollouts: `sample` responses to a batch of prompts (recording the policy's log-probs as they are sampled), then
+`score` them with one forward pass per remaining model (reference, value adapter, reward).
 
-`generate` is the only function that samples; `collect` runs it inside the caller's `generation_weights` context (under
-ZeRO-3, one that gathers the parameters once per rollout rather than once per generated token).
+`generate` is the only function that samples; `sample` runs it inside the caller's `generation_weights` context
+(under ZeRO-3, one that gathers the parameters once per rollout rather than once per generated token).
 """
 
 from __future__ import annotations
 
-import time
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -171,49 +170,64 @@ def token_ids(input_ids, attention_mask, prompt_length: int, mask, ended_with_eo
             for row, p, n in zip(input_ids.tolist(), prompt_lengths, lengths)]
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How PPO samples (the stage config's sampling keys) and how many rows each scoring pass takes."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    scoring_rows: int
+
+
+@dataclass
+class Samples:
+    """What sampling gives, before scoring: the sequences and masks, the response texts, and the policy's log-probs,
+    entropy (and, when asked, final hidden states) recorded on the way."""
+
+    responses: list[str]
+    sampled: Sampled
+    attention_mask: torch.Tensor  # [B, P + R]
+    prompt_length: int
+    mask: torch.Tensor  # [B, R]
+    ended_with_eos: torch.Tensor  # [B]
+
+
+def sample(model, tokenizer, texts: list[str], settings: Settings, device,
+           generation_weights: AbstractContextManager) -> Samples:
+    """Responses to prompt `texts` (sampled inside `generation_weights`), with their masks and decoded texts."""
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    with generation_weights:
+        sampled = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens,
+                           settings.temperature, settings.top_p, keep_hidden=model.value_model == "policy_head")
+    prompt_length = batch["input_ids"].shape[1]
+    mask, ended = response_mask(sampled.sequences[:, prompt_length:], tokenizer.eos_token_id)
+    responses = decode_responses(tokenizer, sampled.sequences[:, prompt_length:], mask)  # .tolist() waits
+    attention_mask = torch.cat([batch["attention_mask"], mask.long()], dim=1)
+    return Samples(responses, sampled, attention_mask, prompt_length, mask, ended)
+
+
 @torch.no_grad()
-def score(model, reward, rollout_prompts: list, responses: list[str], sampled: Sampled, attention_mask,
-          prompt_length: int, mask, ended_with_eos, temperature: float, chunk: int) -> dict[str, torch.Tensor]:
-    """What sampling did not already give, `chunk` rows at a time: reference log-probs (the base with adapters
-    off), values (the value adapter's pass, or the head on the policy states kept while sampling) and scores."""
+def score(model, reward, prompts: list, samples: Samples, settings: Settings) -> Rollout:
+    """The rollout: what sampling did not already give, `scoring_rows` rows at a time: reference log-probs (the base
+    with adapters off), values (the value adapter's pass, or the head on the policy states kept while sampling) and
+    the reward's scores."""
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("ref_logprobs", "values", "scores")}
-    input_ids = sampled.sequences
-    for start in range(0, len(input_ids), chunk):
-        rows = slice(start, start + chunk)
-        ids, attn = input_ids[rows], attention_mask[rows]
+    sampled, p, mask = samples.sampled, samples.prompt_length, samples.mask
+    for start in range(0, len(mask), settings.scoring_rows):
+        rows = slice(start, start + settings.scoring_rows)
+        ids, attn = sampled.sequences[rows], samples.attention_mask[rows]
         if sampled.hidden is not None:
             values = model.values_from(sampled.hidden[rows])
         else:
-            values = model(ids, attn, prompt_length, part=VALUE)[1]
+            values = model(ids, attn, p, part=VALUE)[1]
         parts["values"].append(values.float() * mask[rows])
-        ref_logits = model.reference_logits(ids, attn, prompt_length)
-        parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, ids[:, prompt_length:], temperature))
+        ref_logits = model.reference_logits(ids, attn, p)
+        parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, ids[:, p:], settings.temperature))
         del ref_logits
-        tokens = token_ids(ids, attn, prompt_length, mask[rows], ended_with_eos[rows])
-        parts["scores"].append(reward(rollout_prompts[rows], responses[rows], tokens).to(ids.device))
-    out = {k: torch.cat(v) for k, v in parts.items()}
-    out["ref_logprobs"] = out["ref_logprobs"] * mask
-    return out
-
-
-def collect(model, reward, tokenizer, prompts: list, texts: list[str], max_new_tokens: int, temperature: float,
-            top_p: float, chunk: int, device, generation_weights: AbstractContextManager
-            ) -> tuple[Rollout, dict[str, float]]:
-    """Sample responses to `texts` (inside `generation_weights`), then score them; returns the rollout and its
-    timings in seconds."""
-    started = time.perf_counter()
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    with generation_weights:
-        sampled = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens,
-                           temperature, top_p, keep_hidden=model.value_model == "policy_head")
-    sequences, prompt_length = sampled.sequences, batch["input_ids"].shape[1]
-    mask, ended = response_mask(sequences[:, prompt_length:], tokenizer.eos_token_id)
-    responses = decode_responses(tokenizer, sequences[:, prompt_length:], mask)  # .tolist() waits for the device
-    generated = time.perf_counter()
-    attention_mask = torch.cat([batch["attention_mask"], mask.long()], dim=1)
-    scored = score(model, reward, prompts, responses, sampled, attention_mask, prompt_length, mask, ended,
-                   temperature, chunk)
-    rollout = Rollout(prompts, responses, sequences, attention_mask, prompt_length, mask, ended,
-                      logprobs=sampled.logprobs * mask, entropy=sampled.entropy, **scored)
-    timings = {"generation_s": generated - started, "scoring_s": time.perf_counter() - generated}
-    return rollout, timings
+        tokens = token_ids(ids, attn, p, mask[rows], samples.ended_with_eos[rows])
+        parts["scores"].append(reward(prompts[rows], samples.responses[rows], tokens).to(ids.device))
+    scored = {k: torch.cat(v) for k, v in parts.items()}
+    return Rollout(prompts, samples.responses, sampled.sequences, samples.attention_mask, p, mask,
+                   samples.ended_with_eos, logprobs=sampled.logprobs * mask, entropy=sampled.entropy,
+                   ref_logprobs=scored["ref_logprobs"] * mask, values=scored["values"], scores=scored["scores"])

@@ -1,11 +1,8 @@
 """`rlhf ppo --config FILE.yaml [--key value ...]`: PPO against a reward model (or a rule-based reward).
 
-Each step samples responses to `batch_size` prompts (recording the policy's log-probs), scores them (reference
-log-probs, values, reward), turns the scores into per-token rewards with a KL penalty to the SFT policy, estimates
-advantages (GAE), then runs `ppo_epochs` passes of clipped policy and value updates over shuffled mini-batches.
-Runs under plain `python`, `accelerate launch` (DDP) and DeepSpeed ZeRO-2/3 (see `distributed.py`): each process
-samples its own slice of the prompts, then every process holds the whole rollout and computes its share of each
-mini-batch.
+`run` is `setup`, then `train_step` once per step (sample, score, advantages, update: the order PPO reads), logging
+and checkpoints, then `finish`. The same code runs under plain `python`, `accelerate launch` (DDP) and DeepSpeed
+ZeRO-2/3; what several processes need stays in `distributed.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,106 +17,49 @@ from typing import Any
 import torch
 
 from rlhf import runs
-from rlhf.config import config_to_dict, key, load_config, save_config, wants_help
-from rlhf.errors import ConfigError
+from rlhf.config import command_main, config_to_dict
 from rlhf.models import load_tokenizer
 from rlhf.ppo import checkpoint, core, distributed, model_set, rollout
+from rlhf.ppo.rewards import Reward, score_normalization
+from rlhf.ppo.stage_config import PPOStageConfig
+from rlhf.ppo.update import ppo_update
 
-SCHEDULERS = ("constant", "linear", "cosine")
-COMPLETIONS = "completions.jsonl"
 COMPLETIONS_SHOWN = 4  # rows per logged completions table
 
 
 @dataclass
-class PPOConfig:
-    """PPO stage keys (see docs/ppo.md)."""
+class PPORun:
+    """What every step reads, built once by `setup`."""
 
-    policy_path: str | None = key(None, "SFT run directory or model: where the policy starts, and the reference")
-    reward_model_path: str | None = key(None, "reward run directory or model")
-    reward_fn: str | None = key(None, "module:function(prompts, responses) -> scores, instead of a reward model")
-    dataset_path: str | None = key(None, "prompts: {\"prompt\"} (string or messages) or {\"messages\"} rows")
-    output_dir: str = key("runs/ppo", "run directory (started again, it resumes from its last checkpoint)")
-    max_steps: int = key(100, "PPO steps (one rollout and its update each)")
-    seed: int = key(0, "seed for sampling, data order and adapter initialisation")
-    report_to: Any = key("none", "none | wandb | tensorboard, or a list")
-    batch_size: int = key(16, "prompts per rollout, all processes together")
-    mini_batch_size: int = key(4, "rollout rows per optimizer step, all processes together")
-    gradient_accumulation_steps: int = key(1, "micro-batches each mini-batch is split into")
-    ppo_epochs: int = key(2, "passes over each rollout")
-    learning_rate: float = key(5e-5, "AdamW learning rate")
-    lr_scheduler: str = key("constant", "constant | linear | cosine (over all optimizer steps)")
-    max_grad_norm: float = key(1.0, "gradient clipping")
-    max_prompt_length: int = key(512, "prompts longer than this many tokens are dropped (and counted)")
-    max_new_tokens: int = key(64, "response length limit")
-    temperature: float = key(1.0, "sampling temperature (log-probs are taken at the same temperature)")
-    top_p: float = key(1.0, "nucleus sampling; below 1 the samples no longer follow the log-probs PPO uses")
-    kl_coef: float = key(0.05, "KL penalty coefficient (the start value when kl_target is set)")
-    kl_target: float | None = key(None, "adaptive KL: target KL per sequence in nats (null: fixed kl_coef)")
-    kl_horizon: int = key(10000, "adaptive KL horizon, in rollout rows")
-    kl_estimator: str = key("k1", "per-token KL estimate: k1 (log ratio) | k3 (non-negative, lower variance)")
-    gamma: float = key(1.0, "discount")
-    lam: float = key(0.95, "GAE lambda")
-    clip_range: float = key(0.2, "policy ratio clip")
-    clip_range_value: float = key(0.2, "value clip around the rollout's values")
-    vf_coef: float = key(0.1, "weight of the value loss")
-    whiten_rewards: bool = key(False, "rescale per-token rewards to unit variance before GAE")
-    normalize_scores: bool | None = key(None, "normalise scores with the reward model's mean/std (null: when known)")
-    score_clip: float | None = key(None, "clip (normalised) scores to [-score_clip, score_clip]")
-    missing_eos_penalty: float | None = key(None, "subtracted from the score of responses cut off without EOS")
-    lora_r: int = key(16, "policy (and fresh value) LoRA rank")
-    lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
-    lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
-    value_model: str = key("lora_head", "lora_head (own LoRA + head) | policy_head (head on the policy's states)")
-    save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
-    log_completions_steps: int = key(10, "sample completions to completions.jsonl (and W&B) every this many steps")
-    dtype: str = key("auto", "auto (bf16 on a GPU that has it, else fp32) | bfloat16 | float16 | float32")
+    config: PPOStageConfig
+    accelerator: Any
+    run_dir: Path
+    tokenizer: Any
+    data: rollout.Prompts
+    model: Any  # the PolicyValueModel as prepared by accelerate (DDP / DeepSpeed wrapped)
+    optimizer: Any
+    scheduler: Any
+    reward: Reward
+    normalization: dict[str, float] | None  # {"mean", "std"} the scores are normalised with, or None
+    kl_control: Any
+    settings: rollout.Settings
+    start: int  # the last step already done (when resuming)
+    info: dict[str, Any]
 
-    def __post_init__(self):
-        for name in ("policy_path", "dataset_path"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name} is not set")
-        if bool(self.reward_model_path) == bool(self.reward_fn):
-            raise ConfigError("set exactly one of reward_model_path and reward_fn")
-        positive = ("max_steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
-                    "max_new_tokens", "save_steps", "log_completions_steps", "max_prompt_length", "lora_r")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size % self.mini_batch_size:
-            raise ConfigError(f"batch_size {self.batch_size} is not divisible by mini_batch_size "
-                              f"{self.mini_batch_size}")
-        if self.mini_batch_size % self.gradient_accumulation_steps:
-            raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not divisible by "
-                              f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
-        choices = {"lr_scheduler": SCHEDULERS, "value_model": model_set.VALUE_MODELS, "kl_estimator": ("k1", "k3"),
-                   "dtype": ("auto", "bfloat16", "float16", "float32")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} '{getattr(self, name)}' is not one of {', '.join(allowed)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive (PPO samples), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.kl_target is not None and self.kl_target <= 0:
-            raise ConfigError(f"kl_target must be positive, got {self.kl_target}")
-        if min(self.kl_coef, self.clip_range, self.clip_range_value, self.vf_coef, self.learning_rate) < 0:
-            raise ConfigError("kl_coef, clip ranges, vf_coef and learning_rate must not be negative")
-
-    def per_process(self, num_processes: int) -> tuple[int, int]:
-        """(rollout rows, micro-batch rows) of each process."""
-        micro = self.mini_batch_size // self.gradient_accumulation_steps
-        if self.batch_size % num_processes or micro % num_processes:
-            raise ConfigError(f"batch_size {self.batch_size} and mini_batch_size / gradient_accumulation_steps "
-                              f"{micro} must be divisible by the {num_processes} processes")
-        return self.batch_size // num_processes, micro // num_processes
-
-    def optimizer_steps(self) -> int:
-        return self.max_steps * self.ppo_epochs * (self.batch_size // self.mini_batch_size)
+    @property
+    def policy(self) -> model_set.PolicyValueModel:
+        return self.accelerator.unwrap_model(self.model)
 
 
-def trackers(report_to: Any) -> list[str]:
-    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    return [t for t in targets if t != "none"]
+@dataclass
+class Advantages:
+    """What PPO learns from, per rollout row and response token."""
+
+    scores: torch.Tensor  # [B] after normalisation, clipping and the missing-EOS penalty
+    rewards: torch.Tensor  # [B, R] per-token rewards: -kl_coef * KL_t, plus the score on the last token
+    kl: torch.Tensor  # [B, R] per-token KL estimate
+    advantages: torch.Tensor  # [B, R] whitened
+    returns: torch.Tensor  # [B, R] value targets
 
 
 def prompt_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -136,107 +75,21 @@ def prompt_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     return out
 
 
-def advantages_and_returns(ro: rollout.Rollout, config: PPOConfig, kl_coef: float, stats: dict | None):
-    """(scores after penalties [B], token rewards [B, R], per-token KL [B, R], advantages [B, R], returns [B, R])."""
+def estimate_advantages(ro: rollout.Rollout, config: PPOStageConfig, kl_coef: float,
+                        normalization: dict[str, float] | None) -> Advantages:
+    """Scores -> per-token rewards with the KL penalty -> GAE advantages and returns (the one place they are made)."""
     scores = core.score_with_penalties(
         ro.scores, ro.ended_with_eos, config.missing_eos_penalty,
-        reward_mean=stats["mean"] if stats else 0.0, reward_std=stats["std"] if stats else 1.0,
-        normalize=stats is not None, clip=config.score_clip)
+        reward_mean=normalization["mean"] if normalization else 0.0,
+        reward_std=normalization["std"] if normalization else 1.0,
+        normalize=normalization is not None, clip=config.score_clip)
     rewards, kl = core.token_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef, config.kl_estimator)
-    if config.whiten_rewards:
-        rewards = core.masked_whiten(rewards, ro.mask, shift_mean=False)
-    advantages, returns = core.gae(rewards, ro.values, ro.mask, config.gamma, config.lam)
-    return scores, rewards, kl, core.masked_whiten(advantages, ro.mask), returns
+    gae_rewards = core.masked_whiten(rewards, ro.mask, shift_mean=False) if config.whiten_rewards else rewards
+    advantages, returns = core.gae(gae_rewards, ro.values, ro.mask, config.gamma, config.lam)
+    return Advantages(scores, rewards, kl, core.masked_whiten(advantages, ro.mask), returns)
 
 
-def pass_loss(model, part: str, ro: rollout.Rollout, rows, advantages, returns, config: PPOConfig):
-    """(loss, its logged parts) of one training pass over `rows`: the policy loss, the value loss, or both, as
-    the pass computes logits, values or both."""
-    logits, values = model(ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length, part)
-    loss, logged = 0.0, {}
-    if logits is not None:
-        logprobs = core.logprobs_from_logits(logits, ro.response_ids[rows], config.temperature)
-        pg_loss, stats = core.policy_loss(logprobs, ro.logprobs[rows], advantages[rows], ro.mask[rows],
-                                          config.clip_range)
-        loss, logged = loss + pg_loss, {**logged, "loss_policy": pg_loss, **stats}
-    if values is not None:
-        vf_loss, stats = core.value_loss(values, ro.values[rows], returns[rows], ro.mask[rows], config.clip_range_value)
-        loss, logged = loss + config.vf_coef * vf_loss, {**logged, "loss_value": vf_loss, **stats}
-    return loss, logged
-
-
-def ppo_update(model, optimizer, scheduler, accelerator, ro: rollout.Rollout, advantages, returns,
-               config: PPOConfig, step: int) -> dict[str, float]:
-    """`ppo_epochs` passes over the whole rollout in shuffled mini-batches, an optimizer step each. Every process
-    computes its share of each micro-batch, and losses are token means over the whole mini-batch: the update is the
-    same for any number of processes and accumulation steps."""
-    order_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    copies = accelerator.num_processes * config.gradient_accumulation_steps  # gradients are averaged over these
-    sums: dict[str, torch.Tensor] = defaultdict(float)
-    policy = accelerator.unwrap_model(model)
-    model.train()
-    for _ in range(config.ppo_epochs):
-        order = torch.randperm(len(ro.mask), generator=order_rng).to(ro.mask.device)
-        for mini in order.split(config.mini_batch_size):
-            tokens = ro.mask[mini].sum()
-            for micro in mini.split(config.mini_batch_size // config.gradient_accumulation_steps):
-                rows = micro.chunk(accelerator.num_processes)[accelerator.process_index]
-                share = ro.mask[rows].sum() / tokens  # of the mini-batch's tokens
-                with accelerator.accumulate(model):
-                    passes = policy.training_passes()
-                    for part in passes:  # a backward after each pass: one pass's activations held at a time
-                        loss, logged = pass_loss(model, part, ro, rows, advantages, returns, config)
-                        core.check_finite("loss", loss, step)
-                        distributed.backward(accelerator, loss * share * copies, last=part == passes[-1])
-                        for name, value in logged.items():
-                            sums[name] += value.detach().float() * share
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad()
-    model.eval()
-    mini_batches = config.ppo_epochs * len(ro.mask) // config.mini_batch_size
-    return {name: (accelerator.reduce(total, "sum") / mini_batches).item() for name, total in sums.items()}
-
-
-def rollout_metrics(ro: rollout.Rollout, rewards, kl) -> dict[str, float]:
-    """Step metrics over the whole rollout."""
-    return {"ppo/score_mean": ro.scores.float().mean().item(), "ppo/reward_mean": rewards.sum(1).mean().item(),
-            "ppo/kl": kl.sum(1).mean().item(), "ppo/entropy": ((ro.entropy * ro.mask).sum() / ro.mask.sum()).item(),
-            "ppo/response_length": ro.mask.sum(1).mean().item(),
-            "ppo/eos_fraction": ro.ended_with_eos.float().mean().item()}
-
-
-def log_completions(run_dir: Path, step: int, ro: rollout.Rollout, scores, accelerator, report_to: list[str]) -> None:
-    """A few samples of the rollout, to completions.jsonl and (if used) a W&B table."""
-    shown = [{"prompt": p if isinstance(p, str) else json.dumps(p, ensure_ascii=False), "response": r,
-              "score": float(s), "score_after_penalties": float(a)}
-             for p, r, s, a in zip(ro.prompts, ro.responses, ro.scores, scores)][:COMPLETIONS_SHOWN]
-    log = runs.MetricsFile(run_dir, COMPLETIONS)
-    for row in shown:
-        log.log(step, row)
-    if "wandb" in report_to or "all" in report_to:
-        import wandb
-
-        columns = ["step", *shown[0]]
-        table = wandb.Table(columns=columns, data=[[step, *row.values()] for row in shown])
-        accelerator.get_tracker("wandb").log({"completions": table}, step=step)
-
-
-def prepare_run_dir(config: PPOConfig, accelerator) -> tuple[Path, Path | None]:
-    """Write config.yaml and tracker settings, drop half-written checkpoints, find the one to resume from."""
-    run_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-        for broken in runs.discard_incomplete_checkpoints(run_dir):
-            print(f"removed incomplete checkpoint {broken}")
-    accelerator.wait_for_everyone()
-    return run_dir, runs.last_checkpoint(run_dir)
-
-
-def build_and_prepare(config: PPOConfig, accelerator):
+def build_and_prepare(config: PPOStageConfig, accelerator):
     """(prepared model, optimizer, scheduler, reward, facts for the log): the model set built alike on every process,
     then handed to accelerate (and DeepSpeed) together with its optimizer."""
     from accelerate.utils import set_seed
@@ -255,29 +108,25 @@ def build_and_prepare(config: PPOConfig, accelerator):
     return model, optimizer, scheduler, reward, info
 
 
-def run(config: PPOConfig) -> dict[str, Any]:
+def setup(config: PPOStageConfig) -> PPORun:
+    """Accelerator, prompts, run directory, the model set with its optimizer, and the resumed state if any."""
     from accelerate.utils import ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
 
-    if runs.is_finished(config.output_dir) and runs.read_summary(config.output_dir)["global_step"] >= config.max_steps:
-        print(f"{config.output_dir} is already finished (summary.json); nothing to do")
-        return runs.read_summary(config.output_dir)
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = distributed.make_accelerator(
         several_passes=config.value_model == "lora_head",
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=trackers(config.report_to) or None,
+        log_with=runs.trackers(config.report_to) or None,
         step_scheduler_with_optimizer=False,  # the scheduler steps once per optimizer step, on any process count
         project_config=ProjectConfiguration(project_dir=config.output_dir,
                                             logging_dir=str(Path(config.output_dir) / "tensorboard")))
-    local_rows, micro = config.per_process(accelerator.num_processes)
+    _, micro = config.per_process(accelerator.num_processes)
     tokenizer = load_tokenizer(config.policy_path, padding_side="left")
     data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)  # bad rows fail here
-    run_dir, resume = prepare_run_dir(config, accelerator)
+    run_dir = Path(config.output_dir)
+    resume = runs.prepare(run_dir, config, accelerator.is_main_process, accelerator.wait_for_everyone)
 
     model, optimizer, scheduler, reward, info = build_and_prepare(config, accelerator)
-    policy = accelerator.unwrap_model(model)
-    stats = model_set.normalisation(config, reward.stats)
     kl_control = core.kl_controller(config.kl_coef, config.kl_target, config.kl_horizon)
     set_seed(config.seed, device_specific=True)  # each process samples from its own stream
     start = 0
@@ -286,63 +135,121 @@ def run(config: PPOConfig) -> dict[str, Any]:
         kl_control.load_state_dict(state["kl_controller"])
         start = state["step"]
     if accelerator.is_main_process:
-        print(f"reward: {info['reward']}; {len(data.prompts)} prompts ({data.too_long} too long, dropped); "
-              f"{info['trainable_parameters']:,} trainable parameters; {accelerator.num_processes} process(es)"
-              + (f"; resuming from {resume}" if resume else ""))
-        runs.MetricsFile(run_dir).truncate_after(start)
-        runs.MetricsFile(run_dir, COMPLETIONS).truncate_after(start)
+        print(f"reward: {info['reward']}; it adds {info['reward_parameters']:,} parameters to the base; "
+              f"{len(data.prompts)} prompts ({data.too_long} too long, dropped); "
+              f"{info['trainable_parameters']:,} trainable parameters; {accelerator.num_processes} process(es)")
+        runs.MetricsFile(run_dir, runs.COMPLETIONS).truncate_after(start)
         (run_dir / runs.SUMMARY).unlink(missing_ok=True)  # a finished run extended to more steps is unfinished again
     hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config_to_dict(config).items()}
     accelerator.init_trackers(os.environ.get("WANDB_PROJECT", "rlhf"), config=hparams)  # TensorBoard: scalars only
+    settings = rollout.Settings(config.max_new_tokens, config.temperature, config.top_p, scoring_rows=micro)
+    return PPORun(config, accelerator, run_dir, tokenizer, data, model, optimizer, scheduler, reward,
+                  score_normalization(config, reward.stats), kl_control, settings, start, info)
 
-    metrics: dict[str, float] = {}
-    progress = tqdm(total=config.max_steps, initial=start, disable=not accelerator.is_main_process, desc="ppo")
-    for step in range(start + 1, config.max_steps + 1):
-        indices = prompt_indices(step, config.batch_size, len(data.prompts), config.seed)
-        mine = indices[accelerator.process_index * local_rows:(accelerator.process_index + 1) * local_rows]
-        ro, timings = rollout.collect(policy, reward, tokenizer, [data.prompts[i] for i in mine],
-                                      [data.texts[i] for i in mine], config.max_new_tokens, config.temperature,
-                                      config.top_p, micro, accelerator.device,
-                                      distributed.weights_for_generation(model, accelerator))
-        ro = distributed.gather_rollout(ro, accelerator, tokenizer.pad_token_id)  # every process: the whole batch
-        for name in ("scores", "logprobs", "ref_logprobs", "values"):
-            core.check_finite(name, getattr(ro, name), step)
-        kl_coef = kl_control.value
-        scores, rewards, kl, advantages, returns = advantages_and_returns(ro, config, kl_coef, stats)
-        train_start = time.perf_counter()
-        train_stats = ppo_update(model, optimizer, scheduler, accelerator, ro, advantages, returns, config, step)
-        metrics = rollout_metrics(ro, rewards, kl)
-        kl_control.update(metrics["ppo/kl"], config.batch_size)
-        metrics.update({"ppo/kl_coef": kl_coef, **{f"ppo/{k}": v for k, v in train_stats.items()},
-                        "ppo/lr": scheduler.get_last_lr()[0], **{f"time/{k}": v for k, v in timings.items()},
-                        "time/training_s": time.perf_counter() - train_start})
-        if accelerator.is_main_process:
-            runs.MetricsFile(run_dir).log(step, metrics)
-            if step % config.log_completions_steps == 0:
-                log_completions(run_dir, step, ro, scores, accelerator, trackers(config.report_to))
-        accelerator.log(metrics, step=step)
-        progress.update(1)
-        progress.set_postfix(score=f"{metrics['ppo/score_mean']:.3f}", kl=f"{metrics['ppo/kl']:.3f}")
-        if step % config.save_steps == 0 or step == config.max_steps:
-            checkpoint.save(run_dir, step, model, optimizer, scheduler,
-                            {"prompts_seen": step * config.batch_size, "kl_controller": kl_control.state_dict()},
-                            accelerator)
-    progress.close()
 
-    with distributed.full_parameters(policy.trainable_parameters(), accelerator):
-        if accelerator.is_main_process:
-            checkpoint.save_final(run_dir, policy, tokenizer)
-    summary = {"global_step": config.max_steps, "world_size": accelerator.num_processes, "reward": info["reward"],
-               "prompts": len(data.prompts), "prompts_too_long": data.too_long, **metrics}
-    if accelerator.is_main_process:
-        runs.write_summary(run_dir, summary)
-    accelerator.end_training()
+def train_step(r: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollout, Advantages]:
+    """One PPO step; returns its metrics, the rollout and what was learnt from it."""
+    config, accelerator = r.config, r.accelerator
+
+    # Step 1: sample responses to this process's share of the step's prompts, recording the policy's log-probs.
+    started = time.perf_counter()
+    local_rows = config.batch_size // accelerator.num_processes
+    mine = prompt_indices(step, config.batch_size, len(r.data.prompts), config.seed)[
+        accelerator.process_index * local_rows:(accelerator.process_index + 1) * local_rows]
+    samples = rollout.sample(r.policy, r.tokenizer, [r.data.texts[i] for i in mine], r.settings, accelerator.device,
+                             distributed.weights_for_generation(r.model, accelerator))
+    sampled = time.perf_counter()
+
+    # Step 2: score them (reference log-probs, values, reward), then give every process the whole batch.
+    ro = rollout.score(r.policy, r.reward, [r.data.prompts[i] for i in mine], samples, r.settings)
+    scored = time.perf_counter()
+    ro = distributed.gather_rollout(ro, accelerator, r.tokenizer.pad_token_id)
+    for name in ("scores", "logprobs", "ref_logprobs", "values"):
+        core.check_finite(name, getattr(ro, name), step)
+
+    # Step 3: per-token rewards with the KL penalty, then advantages and returns.
+    kl_coef = r.kl_control.value
+    learn = estimate_advantages(ro, config, kl_coef, r.normalization)
+    updating = time.perf_counter()
+
+    # Step 4: the clipped policy and value updates, `ppo_epochs` passes over shuffled mini-batches.
+    train_stats = ppo_update(r.model, r.optimizer, r.scheduler, accelerator, ro, learn.advantages, learn.returns,
+                             config, step)
+
+    # Step 5: the step's metrics; the adaptive KL coefficient follows the KL just measured.
+    metrics = {"ppo/score_mean": ro.scores.float().mean().item(), "ppo/reward_mean": learn.rewards.sum(1).mean().item(),
+               "ppo/kl": learn.kl.sum(1).mean().item(),
+               "ppo/entropy": ((ro.entropy * ro.mask).sum() / ro.mask.sum()).item(),
+               "ppo/response_length": ro.mask.sum(1).mean().item(),
+               "ppo/eos_fraction": ro.ended_with_eos.float().mean().item()}
+    r.kl_control.update(metrics["ppo/kl"], config.batch_size)
+    metrics.update({"ppo/kl_coef": kl_coef, **{f"ppo/{k}": v for k, v in train_stats.items()},
+                    "ppo/lr": r.scheduler.get_last_lr()[0], "time/generation_s": sampled - started,
+                    "time/scoring_s": scored - sampled, "time/training_s": time.perf_counter() - updating})
+    return metrics, ro, learn
+
+
+def log_completions(r: PPORun, step: int, ro: rollout.Rollout, scores: torch.Tensor) -> None:
+    """A few samples of the rollout, to completions.jsonl and (if used) a W&B table."""
+    shown = [{"prompt": p if isinstance(p, str) else json.dumps(p, ensure_ascii=False), "response": text,
+              "score": float(s), "score_after_penalties": float(a)}
+             for p, text, s, a in zip(ro.prompts, ro.responses, ro.scores, scores)][:COMPLETIONS_SHOWN]
+    log = runs.MetricsFile(r.run_dir, runs.COMPLETIONS)
+    for row in shown:
+        log.log(step, row)
+    targets = runs.trackers(r.config.report_to)
+    if "wandb" in targets or "all" in targets:
+        import wandb
+
+        table = wandb.Table(columns=["step", *shown[0]], data=[[step, *row.values()] for row in shown])
+        r.accelerator.get_tracker("wandb").log({"completions": table}, step=step)
+
+
+def finish(r: PPORun, metrics: dict[str, float]) -> dict[str, Any]:
+    """`final/` (the policy adapter and tokenizer), then summary.json; closes the trackers."""
+    with distributed.full_parameters(r.policy.trainable_parameters(), r.accelerator):
+        if r.accelerator.is_main_process:
+            checkpoint.save_final(r.run_dir, r.policy, r.tokenizer)
+    summary = {"global_step": r.config.max_steps, "world_size": r.accelerator.num_processes,
+               "reward": r.info["reward"], "prompts": len(r.data.prompts), "prompts_too_long": r.data.too_long,
+               **metrics}
+    if r.accelerator.is_main_process:
+        runs.write_summary(r.run_dir, summary)
+    r.accelerator.end_training()
     return summary
 
 
-def main(argv: list[str]) -> int:
-    if wants_help(argv, PPOConfig, __doc__.splitlines()[0]):
-        return 0
-    summary = run(load_config(PPOConfig, argv))
+def run(config: PPOStageConfig) -> dict[str, Any]:
+    """The PPO stage: every step from the last checkpoint to `max_steps`, then the final adapter and summary."""
+    from tqdm.auto import tqdm
+
+    if runs.is_finished(config.output_dir) and runs.read_summary(config.output_dir)["global_step"] >= config.max_steps:
+        print(f"{config.output_dir} is already finished (summary.json); nothing to do")
+        return runs.read_summary(config.output_dir)
+    r = setup(config)
+    main_process = r.accelerator.is_main_process
+    metrics: dict[str, float] = {}
+    progress = tqdm(total=config.max_steps, initial=r.start, disable=not main_process, desc="ppo")
+    for step in range(r.start + 1, config.max_steps + 1):
+        metrics, ro, learn = train_step(r, step)
+        if main_process:
+            runs.MetricsFile(r.run_dir).log(step, metrics)
+            if step % config.log_completions_steps == 0:
+                log_completions(r, step, ro, learn.scores)
+        r.accelerator.log(metrics, step=step)
+        progress.update(1)
+        progress.set_postfix(score=f"{metrics['ppo/score_mean']:.3f}", kl=f"{metrics['ppo/kl']:.3f}")
+        if step % config.save_steps == 0 or step == config.max_steps:
+            checkpoint.save(r.run_dir, step, r.model, r.optimizer, r.scheduler,
+                            {"prompts_seen": step * config.batch_size, "kl_controller": r.kl_control.state_dict()},
+                            r.accelerator)
+    progress.close()
+    return finish(r, metrics)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
     print({k: v for k, v in summary.items() if k.startswith(("ppo/score", "ppo/kl", "global_step"))})
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    return command_main(argv, PPOStageConfig, __doc__, lambda config: print_summary(run(config)))

@@ -1,0 +1,100 @@
+"""The PPO stage's keys (`rlhf ppo --help`, docs/ppo.md), checked when the config is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlhf.config import key
+from rlhf.errors import ConfigError
+from rlhf.ppo.model_set import VALUE_MODELS
+
+SCHEDULERS = ("constant", "linear", "cosine")
+
+
+@dataclass
+class PPOStageConfig:
+    """PPO stage keys (see docs/ppo.md)."""
+
+    policy_path: str | None = key(None, "SFT run directory or model: where the policy starts, and the reference")
+    reward_model_path: str | None = key(None, "reward run directory or model")
+    reward_fn: str | None = key(None, "module:function(prompts, responses) -> scores, instead of a reward model")
+    dataset_path: str | None = key(None, "prompts: {\"prompt\"} (string or messages) or {\"messages\"} rows")
+    output_dir: str = key("runs/ppo", "run directory (started again, it resumes from its last checkpoint)")
+    max_steps: int = key(100, "PPO steps (one rollout and its update each)")
+    seed: int = key(0, "seed for sampling, data order and adapter initialisation")
+    report_to: Any = key("none", "none | wandb | tensorboard, or a list")
+    batch_size: int = key(16, "prompts per rollout, all processes together")
+    mini_batch_size: int = key(4, "rollout rows per optimizer step, all processes together")
+    gradient_accumulation_steps: int = key(1, "micro-batches each mini-batch is split into")
+    ppo_epochs: int = key(2, "passes over each rollout")
+    learning_rate: float = key(5e-5, "AdamW learning rate")
+    lr_scheduler: str = key("constant", "constant | linear | cosine (over all optimizer steps)")
+    max_grad_norm: float = key(1.0, "gradient clipping")
+    max_prompt_length: int = key(512, "prompts longer than this many tokens are dropped (and counted)")
+    max_new_tokens: int = key(64, "response length limit")
+    temperature: float = key(1.0, "sampling temperature (log-probs are taken at the same temperature)")
+    top_p: float = key(1.0, "nucleus sampling; below 1 the samples no longer follow the log-probs PPO uses")
+    kl_coef: float = key(0.05, "KL penalty coefficient (the start value when kl_target is set)")
+    kl_target: float | None = key(None, "adaptive KL: target KL per sequence in nats (null: fixed kl_coef)")
+    kl_horizon: int = key(10000, "adaptive KL horizon, in rollout rows")
+    kl_estimator: str = key("k1", "per-token KL estimate: k1 (log ratio) | k3 (non-negative, lower variance)")
+    gamma: float = key(1.0, "discount")
+    lam: float = key(0.95, "GAE lambda")
+    clip_range: float = key(0.2, "policy ratio clip")
+    clip_range_value: float = key(0.2, "value clip around the rollout's values")
+    vf_coef: float = key(0.1, "weight of the value loss")
+    whiten_rewards: bool = key(False, "rescale per-token rewards to unit variance before GAE")
+    normalize_scores: bool | None = key(None, "normalise scores with the reward model's mean/std (null: when known)")
+    score_clip: float | None = key(None, "clip (normalised) scores to [-score_clip, score_clip]")
+    missing_eos_penalty: float | None = key(None, "subtracted from the score of responses cut off without EOS")
+    lora_r: int = key(16, "policy (and fresh value) LoRA rank")
+    lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
+    lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
+    value_model: str = key("lora_head", "lora_head (own LoRA + head) | policy_head (head on the policy's states)")
+    save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
+    log_completions_steps: int = key(10, "sample completions to completions.jsonl (and W&B) every this many steps")
+    dtype: str = key("auto", "auto (bf16 on a GPU that has it, else fp32) | bfloat16 | float16 | float32")
+
+    def __post_init__(self):
+        for name in ("policy_path", "dataset_path"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is not set")
+        if bool(self.reward_model_path) == bool(self.reward_fn):
+            raise ConfigError("set exactly one of reward_model_path and reward_fn")
+        positive = ("max_steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
+                    "max_new_tokens", "save_steps", "log_completions_steps", "max_prompt_length", "lora_r")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.mini_batch_size:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by mini_batch_size "
+                              f"{self.mini_batch_size}")
+        if self.mini_batch_size % self.gradient_accumulation_steps:
+            raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not divisible by "
+                              f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        choices = {"lr_scheduler": SCHEDULERS, "value_model": VALUE_MODELS, "kl_estimator": ("k1", "k3"),
+                   "dtype": ("auto", "bfloat16", "float16", "float32")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} '{getattr(self, name)}' is not one of {', '.join(allowed)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive (PPO samples), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ConfigError(f"kl_target must be positive, got {self.kl_target}")
+        if min(self.kl_coef, self.clip_range, self.clip_range_value, self.vf_coef, self.learning_rate) < 0:
+            raise ConfigError("kl_coef, clip ranges, vf_coef and learning_rate must not be negative")
+
+    def per_process(self, num_processes: int) -> tuple[int, int]:
+        """(rollout rows, micro-batch rows) of each process."""
+        micro = self.mini_batch_size // self.gradient_accumulation_steps
+        if self.batch_size % num_processes or micro % num_processes:
+            raise ConfigError(f"batch_size {self.batch_size} and mini_batch_size / gradient_accumulation_steps "
+                              f"{micro} must be divisible by the {num_processes} processes")
+        return self.batch_size // num_processes, micro // num_processes
+
+    def optimizer_steps(self) -> int:
+        """Optimizer steps over the whole run (the LR schedule's length)."""
+        return self.max_steps * self.ppo_epochs * (self.batch_size // self.mini_batch_size)
