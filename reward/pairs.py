@@ -1,4 +1,4 @@
-"""Preference pairs: read the supported formats into one canonical `Pair`, and render what a reward model reads.
+"""Preference pairs: read the supported formats into one canonical `PreferencePair`, and render what a reward model reads.
 
 Formats (detected per file from its rows' fields, or named with `data_format`):
   pairs         {"prompt", "chosen", "rejected"}: strings, or a message-list prompt with responses given as
@@ -33,7 +33,9 @@ HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 @dataclass(frozen=True)
-class Pair:
+class PreferencePair:
+    """One preference: `chosen` is preferred over `rejected` as the response to `prompt`."""
+
     prompt: Prompt  # a string (one user turn) or the chat so far as messages
     chosen: str
     rejected: str
@@ -125,8 +127,8 @@ def _parse_pairs(row: Row) -> tuple[Prompt, str, str]:
 PARSERS = {"pairs": _parse_pairs, "label_export": _parse_pairs, "hosted": _parse_hosted, "hh": _parse_hh}
 
 
-def parse_row(row: Row, fmt: str, margin_column: str | None) -> Pair:
-    """One row of format `fmt` as a Pair (margin read from `margin_column` when given)."""
+def parse_row(row: Row, fmt: str, margin_column: str | None) -> PreferencePair:
+    """One row of format `fmt` as a PreferencePair (margin read from `margin_column` when given)."""
     prompt, chosen, rejected = PARSERS[fmt](row)
     if chosen.strip() == rejected.strip():
         raise DataError(row.where, "identical to 'chosen'", field="rejected")
@@ -136,11 +138,11 @@ def parse_row(row: Row, fmt: str, margin_column: str | None) -> Pair:
             if _number(row, name) < 0:
                 raise DataError(row.where, "must not be negative", field=name)
     margin = _number(row, margin_column) if margin_column else None
-    return Pair(prompt, chosen, rejected, margin, row.where)
+    return PreferencePair(prompt, chosen, rejected, margin, row.where)
 
 
 def parse_rows(rows: list[Row], data_format: str = "auto", drop_bad_rows: bool = False,
-               margin_column: str | None = "margin") -> tuple[list[Pair], list[DataError]]:
+               margin_column: str | None = "margin") -> tuple[list[PreferencePair], list[DataError]]:
     """(pairs, dropped rows' errors). Without `drop_bad_rows` the first bad row raises its DataError."""
     if not rows:
         return [], []
@@ -160,7 +162,7 @@ def parse_rows(rows: list[Row], data_format: str = "auto", drop_bad_rows: bool =
 
 
 def load_pair_splits(path: str | Path, data_format: str = "auto", drop_bad_rows: bool = False,
-                     margin_column: str | None = "margin") -> tuple[dict[str, list[Pair]], list[DataError]]:
+                     margin_column: str | None = "margin") -> tuple[dict[str, list[PreferencePair]], list[DataError]]:
     """Pairs by split (a file is one split, `train`; a `datasets` folder keeps its splits) and the dropped rows."""
     dropped: list[DataError] = []
     splits = datafiles.read_splits(path, dropped if drop_bad_rows else None)
@@ -171,13 +173,6 @@ def load_pair_splits(path: str | Path, data_format: str = "auto", drop_bad_rows:
     if not any(out.values()):
         raise DataError(str(path), "no usable preference pairs")
     return out, dropped
-
-
-def load_pairs(path: str | Path, data_format: str = "auto", drop_bad_rows: bool = False,
-               margin_column: str | None = "margin") -> tuple[list[Pair], list[DataError]]:
-    """(all pairs of a file, errors of the rows dropped); see `load_pair_splits`."""
-    splits, dropped = load_pair_splits(path, data_format, drop_bad_rows, margin_column)
-    return [pair for rows in splits.values() for pair in rows], dropped
 
 
 def describe_drops(dropped: list[DataError], show: int = 5) -> str:

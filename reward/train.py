@@ -80,7 +80,7 @@ class PreferenceTrainer(RewardTrainer):
         return output
 
 
-def tokenize_pairs(pairs: list[pairs_lib.Pair], tokenizer, max_length: int | None,
+def tokenize_pairs(pairs: list[pairs_lib.PreferencePair], tokenizer, max_length: int | None,
                    too_long: str) -> tuple[list[dict], LengthReport]:
     """`chosen_ids`/`rejected_ids` (and `margin`) per pair; over-long pairs truncated (keep the start) or dropped."""
     report, out = LengthReport(rows=len(pairs)), []

@@ -6,10 +6,17 @@ import pytest
 
 from conftest import DATA
 from reward import pairs as pairs_lib
-from reward.pairs import Pair, load_pairs, render
+from reward.pairs import PreferencePair, load_pair_splits, render
 from rlhf import cli
 from rlhf.errors import DataError
 from rlhf.datafiles import Row
+
+
+def load_pairs(path, **options):
+    """(the pairs of a one-split file, the dropped rows)."""
+    splits, dropped = load_pair_splits(path, **options)
+    return splits["train"], dropped
+
 
 PICNIC = [{"role": "user", "content": "Can you help me plan a picnic?"},
           {"role": "assistant", "content": "Of course. Where would you like to go?"},
@@ -25,9 +32,9 @@ def test_each_format_gives_the_same_canonical_pairs(fmt):
     assert dropped == []
     margins = (0.6667, 0.2222) if fmt == "label_export" else (None, None)
     assert pairs == [
-        Pair(PICNIC, "A lakeside park with shade and tables would be lovely.", "Just go anywhere, who cares.",
+        PreferencePair(PICNIC, "A lakeside park with shade and tables would be lovely.", "Just go anywhere, who cares.",
              margins[0], f"{path}:1"),
-        Pair(SKY, "The sky is blue on a clear day.", "Green, obviously.", margins[1], f"{path}:2"),
+        PreferencePair(SKY, "The sky is blue on a clear day.", "Green, obviously.", margins[1], f"{path}:2"),
     ]
     assert load_pairs(path, data_format=fmt)[0] == pairs  # naming the format gives what detection gave
 

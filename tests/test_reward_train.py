@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import DATA, StopAt
 from reward import train
-from reward.pairs import encode, load_pairs, render
+from reward.pairs import encode, load_pair_splits, render
 from reward.score import load_reward_model, score_texts
 from rlhf import cli, hf_stage, runs, sft
 from rlhf.config import load_config
@@ -39,7 +39,7 @@ def write_pairs(path, n=None, margins=False):
 
 
 def split_of(config, name):
-    pairs, _ = load_pairs(config.dataset_path, drop_bad_rows=config.drop_bad_rows)
+    pairs = load_pair_splits(config.dataset_path, drop_bad_rows=config.drop_bad_rows)[0]["train"]
     return hf_stage.split(pairs, {"train": pairs}, config.val_ratio, config.test_ratio, config.seed)[name]
 
 
