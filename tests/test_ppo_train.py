@@ -104,3 +104,22 @@ def test_prompt_order_is_seeded_and_covers_the_data(ppo_runs):
     assert flat[:20] != list(range(20)) and flat[:20] != flat[20:40]  # shuffled, and anew each pass
     assert steps == [train.prompt_indices(step, 8, 20, seed=3) for step in range(1, 6)]
     assert train.prompt_indices(1, 8, 20, seed=4) != steps[0]
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_reward_mean_is_the_penalised_score_minus_the_kl_penalty(ppo_runs, tmp_path, whiten):
+    """`ppo/reward_mean` (docs/ppo.md): per-sequence sum of the token rewards = score after penalties minus
+    kl_coef * KL, whether or not the rewards GAE reads are whitened."""
+    config = ppo_config(ppo_runs, tmp_path, whiten_rewards=whiten, kl_coef=0.3, missing_eos_penalty=1.0)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    ro = train.rollout.Rollout(
+        prompts=["a", "b"], responses=["x", "y"], input_ids=torch.zeros(2, 5, dtype=torch.long),
+        attention_mask=torch.ones(2, 5, dtype=torch.long), prompt_length=2, mask=mask,
+        ended_with_eos=torch.tensor([False, True]), logprobs=torch.tensor([[-1.0, -2.0, -0.5], [-0.2, 0.0, 0.0]]),
+        ref_logprobs=torch.tensor([[-1.5, -1.0, -0.5], [-0.4, 0.0, 0.0]]), values=torch.zeros(2, 3),
+        entropy=torch.zeros(2, 3), scores=torch.tensor([2.0, -1.0]))
+    learn = train.estimate_advantages(ro, config, config.kl_coef, normalization=None)
+    # By hand: KL = logprobs - ref = [0.5, -1, 0] and [0.2]; scores after the missing-EOS penalty: [1, -1].
+    torch.testing.assert_close(learn.scores, torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(learn.rewards.sum(1), torch.tensor([1.0 - 0.3 * -0.5, -1.0 - 0.3 * 0.2]))
+    assert (learn.advantages * mask).sum() == pytest.approx(0.0, abs=1e-5)  # whitened over the response tokens
