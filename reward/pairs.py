@@ -1,15 +1,4 @@
-"""Preference pairs: read the supported formats into one canonical `PreferencePair`, and render what a reward model reads.
-
-Formats (detected per file from its rows' fields, or named with `data_format`):
-  pairs         {"prompt", "chosen", "rejected"}: strings, or a message-list prompt with responses given as
-                strings or as a list holding one assistant message
-  hosted        {"input": {"messages"}, "preferred_output": [assistant], "non_preferred_output": [assistant]}
-  hh            {"chosen", "rejected"} full "\\n\\nHuman: ...\\n\\nAssistant: ..." transcripts: the shared dialogue
-                before the last assistant turn is the prompt (as messages), the two last turns are the responses
-  label_export  `pairs` plus the labeling app's `pair_id`, `votes_chosen`, `votes_rejected`, `n_votes`, `margin`
-A per-pair margin is read from the `margin_column` field in any format (required in every row once one row has it).
-Bad rows raise a DataError naming file, line and field, or, with `drop_bad_rows`, are returned as dropped errors.
-"""
+"""Preference pairs: the supported formats read into one `PreferencePair`, and the text a reward model reads."""
 
 from __future__ import annotations
 
@@ -24,6 +13,16 @@ from rlhf import datafiles
 from rlhf.chat import Prompt, as_messages, check_prompt, check_response
 from rlhf.errors import ConfigError, DataError
 from rlhf.datafiles import Row
+
+# Formats (detected per file from its rows' fields, or named with `data_format`):
+#   pairs         {"prompt", "chosen", "rejected"}: strings, or a message-list prompt with responses given as
+#                 strings or as a list holding one assistant message
+#   hosted        {"input": {"messages"}, "preferred_output": [assistant], "non_preferred_output": [assistant]}
+#   hh            {"chosen", "rejected"} full "\n\nHuman: ...\n\nAssistant: ..." transcripts: the shared dialogue
+#                 before the last assistant turn is the prompt (as messages), the two last turns are the responses
+#   label_export  `pairs` plus the labeling app's `pair_id`, `votes_chosen`, `votes_rejected`, `n_votes`, `margin`
+# A per-pair margin is read from the `margin_column` field in any format (required in every row once one row has it).
+# Bad rows raise a DataError naming file, line and field, or, with `drop_bad_rows`, are returned as dropped errors.
 
 FORMATS = ("pairs", "hosted", "hh", "label_export")
 VOTE_FIELDS = ("votes_chosen", "votes_rejected", "n_votes")  # with `pair_id`: what marks the labeling app's export

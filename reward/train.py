@@ -1,10 +1,6 @@
 """`rlhf reward --config FILE.yaml [--key value ...]`: train a reward model on preference pairs (TRL's RewardTrainer).
 
-Reads pairs in any supported format (see reward.pairs), renders each response after its prompt through the chat
-template, and trains a LoRA adapter plus the score head (or all weights) with the Bradley-Terry loss, optionally
-with per-pair margins and reward centering. Writes a run directory (see rlhf.runs) with held-out pairwise accuracy
-in metrics.jsonl and summary.json, and `reward_stats.json` (reward mean/std over the training responses) for PPO.
-"""
+Writes held-out pairwise accuracy to metrics.jsonl and summary.json, and `reward_stats.json` for PPO."""
 
 from __future__ import annotations
 
@@ -21,6 +17,10 @@ from rlhf import runs
 from rlhf.config import key
 from rlhf.hf_stage import LengthReport
 from rlhf.errors import ConfigError
+
+# Pairs in any supported format (reward.pairs) are rendered through the chat template, then a LoRA adapter plus the
+# score head (or all weights) is trained with the Bradley-Terry loss, optionally with per-pair margins and reward
+# centering.
 
 @dataclass
 class RewardStageConfig(hf_stage.StageArgs, RewardConfig):

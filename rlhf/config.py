@@ -1,9 +1,4 @@
-"""Command configs: dataclasses read from `--config FILE.yaml` plus `--key value` overrides (every `rlhf` command).
-
-Why not `HfArgumentParser`: it accepts unknown YAML keys only by failing without naming close valid
-keys or the YAML line, and it turns ~130 TrainingArguments fields into argparse flags. Here every
-key is checked against the dataclass, with the file, line and nearest valid names in the error.
-"""
+"""Command configs: dataclasses read from `--config FILE.yaml` plus `--key value` overrides (every `rlhf` command)."""
 
 from __future__ import annotations
 
@@ -19,6 +14,10 @@ from typing import Any, TypeVar
 import yaml
 
 from rlhf.errors import ConfigError
+
+# Why not `HfArgumentParser`: it accepts unknown YAML keys only by failing without naming close valid keys or the
+# YAML line, and it turns ~130 TrainingArguments fields into argparse flags. Here every key is checked against the
+# dataclass, with the file, line and nearest valid names in the error.
 
 C = TypeVar("C")
 

@@ -1,8 +1,5 @@
-"""Read tabular records (JSONL, JSON, CSV, Parquet, a saved `datasets` folder) with their location.
-
-Every record keeps a human-readable location (`data.jsonl:12`, `data.csv:3`, `data.parquet row 4`)
-so that validation errors can name the file and line of a bad row.
-"""
+"""Read tabular records (JSONL, JSON, CSV, Parquet, a saved `datasets` folder), each with its location
+(`data.jsonl:12`, `data.csv:3`, `data.parquet row 4`) so that errors can name the file and line of a bad row."""
 
 from __future__ import annotations
 

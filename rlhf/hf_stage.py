@@ -1,9 +1,5 @@
-"""What the SFT and reward stages share: stage keys, peft set-up, data splits, and a resumable run.
-
-Both stages are TRL trainers (SFTTrainer, RewardTrainer); this module adds what TRL leaves to the
-user: a run directory with metrics.jsonl, checkpoints that count only when complete, resume from
-the last complete one, early stopping on a validation split, and test-set figures at the end.
-"""
+"""What the SFT and reward stages (TRL trainers) share and TRL leaves to the user: stage keys, peft set-up, data
+splits, a resumable run directory, early stopping, and test-set figures at the end."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Loading models and tokenizers from a hub name, a model folder, or a previous stage's run directory.
-
-A run directory's `final/` holds either full weights or a peft adapter (with the base's name or
-path recorded in `adapter_config.json`); both resolve here to "base + optional adapter".
-"""
+"""Loading models and tokenizers from a hub name, a model folder, or a previous stage's run directory."""
 
 from __future__ import annotations
 
@@ -12,6 +8,9 @@ from pathlib import Path
 
 from rlhf.errors import ConfigError
 from rlhf.runs import CONFIG, FINAL
+
+# A run directory's `final/` holds either full weights or a peft adapter (with the base's name or path recorded in
+# `adapter_config.json`); both resolve here to "base + optional adapter".
 
 ADAPTER_CONFIG = "adapter_config.json"  # a peft adapter folder: its config (naming its base) and weights
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -1,13 +1,6 @@
 """`rlhf pipeline --config configs/demo/pipeline.yaml`: every stage in order, into one run folder.
 
-  base/    the starting model (built offline by `rlhf tiny-model`, or `base_model` if given)
-  sft/     SFT run directory                       (rlhf.sft)
-  labels/  labels.sqlite, prefs.jsonl, stats.json  (reward.labeling: sampled pairs, simulated annotators, export)
-  rm/      reward-model run directory             (reward.train)
-  ppo/     PPO run directory                      (rlhf.ppo.train)
-  eval/    eval.json and eval.md: PPO policy vs the SFT policy on held-out prompts
-Stages whose output is complete are skipped, so the same command resumes an interrupted pipeline.
-"""
+Stages whose output is complete are skipped, so the same command resumes an interrupted pipeline."""
 
 from __future__ import annotations
 
@@ -30,6 +23,14 @@ from rlhf.ppo import train as ppo_stage
 from rlhf.ppo.stage_config import PPOStageConfig
 from rlhf.sampling import Sampling
 from rlhf.tiny import make_tiny_model
+
+# The run folder:
+#   base/    the starting model (built offline by `rlhf tiny-model`, or `base_model` if given)
+#   sft/     SFT run directory                       (rlhf.sft)
+#   labels/  labels.sqlite, prefs.jsonl, stats.json  (reward.labeling: sampled pairs, simulated annotators, export)
+#   rm/      reward-model run directory              (reward.train)
+#   ppo/     PPO run directory                       (rlhf.ppo.train)
+#   eval/    eval.json and eval.md: PPO policy vs the SFT policy on held-out prompts
 
 
 @dataclass

@@ -1,15 +1,5 @@
-"""Run directories, the contract between stages: every file name a stage writes and the next one reads, resume,
-atomic writes and trackers.
-
-Layout of `runs/<name>/`:
-  config.yaml            resolved config of the latest start
-  metrics.jsonl          one JSON object per logged step: {"step": N, "train/loss": ..., ...}
-  checkpoints/checkpoint-N/   complete only once it holds the COMPLETE marker (written last)
-  final/                 the result; renamed into place after it is fully written
-  reward_stats.json      (reward runs) mean and std of the reward model's scores, read by PPO to normalise them
-  completions.jsonl      (PPO runs) sampled completions every `log_completions_steps`
-  summary.json           written last: its presence means the stage finished
-"""
+"""Run directories, the contract between stages: the names of the files a stage writes and the next one reads,
+resume from the last complete checkpoint, atomic writes, and trackers."""
 
 from __future__ import annotations
 
@@ -24,14 +14,15 @@ from typing import Any
 
 from rlhf.config import save_config
 
-CONFIG = "config.yaml"
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
+# What `runs/<name>/` holds:
+CONFIG = "config.yaml"  # resolved config of the latest start
+CHECKPOINTS = "checkpoints"  # checkpoint-N/, complete only once it holds the COMPLETE marker (written last)
 COMPLETE = "COMPLETE"
-SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
-REWARD_STATS = "reward_stats.json"
-COMPLETIONS = "completions.jsonl"
+FINAL = "final"  # the result; renamed into place after it is fully written
+METRICS = "metrics.jsonl"  # one JSON object per logged step: {"step": N, "train/loss": ..., ...}
+REWARD_STATS = "reward_stats.json"  # reward runs: mean and std of the model's scores, read by PPO to normalise them
+COMPLETIONS = "completions.jsonl"  # PPO runs: a few sampled completions every `log_completions_steps`
+SUMMARY = "summary.json"  # written last: its presence means the stage finished
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 

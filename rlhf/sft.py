@@ -1,8 +1,6 @@
 """`rlhf sft --config FILE.yaml [--key value ...]`: supervised fine-tuning with TRL's SFTTrainer.
 
-Reads demonstrations (see rlhf.sft_data), splits them, trains a LoRA adapter (or full weights, prompt
-or prefix tuning) and writes a run directory (see rlhf.runs) that the reward and PPO stages read.
-"""
+Writes a run directory (see rlhf.runs) that the reward and PPO stages read."""
 
 from __future__ import annotations
 

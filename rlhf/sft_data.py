@@ -1,22 +1,19 @@
-"""Demonstrations for SFT: validate rows of any supported format, then tokenize with loss masks.
-
-Formats (one per file, detected from the first row):
-  {"messages": [{"role", "content"}, ...]}   loss on assistant turns only
-  {"prompt", "completion"}                     loss on the completion only (strings or message lists)
-  {"text"}                                     loss on every token
-Tokenizing here (not inside SFTTrainer) lets us count and report rows over `max_length`, drop them
-when asked, and hand TRL finished `input_ids`/`labels` for every split, the test split included.
-"""
+"""Demonstrations for SFT: rows of any supported format validated, then tokenized with loss masks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
 
 from rlhf.errors import DataError
 from rlhf.chat import as_messages, check_messages, format_prompt
 from rlhf.datafiles import Row
 from rlhf.hf_stage import LengthReport
+
+# Formats (one per file, detected from the first row):
+#   {"messages": [{"role", "content"}, ...]}   loss on assistant turns only
+#   {"prompt", "completion"}                     loss on the completion only (strings or message lists)
+#   {"text"}                                     loss on every token
+# Tokenizing here (not inside SFTTrainer) lets us count and report rows over `max_length`, drop them when asked, and
+# hand TRL finished `input_ids`/`labels` for every split, the test split included.
 
 IGNORE = -100
 

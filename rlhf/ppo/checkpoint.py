@@ -1,11 +1,4 @@
-"""PPO checkpoints and the final policy adapter.
-
-A checkpoint holds only what training changes: the trained adapters and value head, the optimizer, the LR
-scheduler, the KL controller, every process's RNG states and the step (which fixes the data position). Under
-DeepSpeed the optimizer is DeepSpeed's own checkpoint of the trained weights (one shard per process), which resume
-reads; the adapter folders are then for people and tools. It is written to `checkpoint-N.tmp`, renamed, and then
-marked COMPLETE; the last `KEEP` complete ones are kept.
-"""
+"""PPO checkpoints (only what training changes, written atomically, resumed exactly) and the final policy adapter."""
 
 from __future__ import annotations
 
@@ -23,6 +16,11 @@ from rlhf import runs
 from rlhf.ppo import distributed
 from rlhf.models import ADAPTER_WEIGHTS
 from rlhf.ppo.model_set import POLICY, VALUE, PolicyValueModel, load_adapter_weights
+
+# A checkpoint holds the trained adapters and value head, the optimizer, the LR scheduler, the KL controller, every
+# process's RNG states and the step (which fixes the data position). Under DeepSpeed the optimizer is DeepSpeed's own
+# checkpoint of the trained weights (one shard per process), which resume reads; the adapter folders are then for
+# people and tools. It is written to `checkpoint-N.tmp`, renamed, and then marked COMPLETE; the last `KEEP` are kept.
 
 KEEP = 2
 VALUE_HEAD = "value_head.pt"

@@ -1,13 +1,12 @@
-"""The PPO algorithm for RLHF as pure tensor functions (no models, no I/O).
-
-Follows Ziegler et al. 2019, Stiennon et al. 2020, Ouyang et al. 2022 and Huang et al. 2024
-("The N+ implementation details of RLHF with PPO"). Shapes: B sequences x T response tokens;
-`mask` [B, T] is 1 on real response tokens (up to and including EOS) and 0 on the padding after.
-"""
+"""The PPO algorithm for RLHF as pure tensor functions (no models, no I/O), tested against hand-derived numbers."""
 
 import torch
 
 from rlhf.errors import NonFiniteError
+
+# Follows Ziegler et al. 2019, Stiennon et al. 2020, Ouyang et al. 2022 and Huang et al. 2024 ("The N+ implementation
+# details of RLHF with PPO"). Shapes: B sequences x T response tokens; `mask` [B, T] is 1 on real response tokens
+# (up to and including EOS) and 0 on the padding after.
 
 
 def logprobs_from_logits(logits, tokens, temperature=1.0):

@@ -1,8 +1,6 @@
-"""PPO across processes: the Accelerator, DeepSpeed settings, ZeRO-3 gathering, and one rollout for all processes.
+"""PPO across processes: the Accelerator, DeepSpeed settings, ZeRO-3 gathering, one rollout for all processes.
 
-Kept out of the loop so that train.py reads the same for one process, DDP, and DeepSpeed ZeRO-2/3. Everything
-here is a no-op (or returns its input) on a single process without DeepSpeed.
-"""
+Kept out of the loop so that train.py reads the same for one process, DDP and ZeRO-2/3; no-ops on one process."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""The PPO model set on one base in memory: policy, reference, value and reward (see `rewards.py` for the last).
-
-The base is the SFT model (an SFT LoRA adapter is merged into it once). On top of it, one peft model holds
-  policy    = base + LoRA "policy" (trained)
-  reference = the same base with adapters disabled (no second copy of the weights)
-  value     = base + LoRA "value" + a scalar head (trained), or a scalar head on the policy's hidden states
-  reward    = base + LoRA "reward" + the reward model's score head (frozen), when the reward model shares the base
-"""
+"""The PPO model set on one base in memory: policy, reference and value (and the reward's adapter, see rewards.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +14,12 @@ from torch import nn
 from rlhf.errors import ConfigError
 from rlhf.models import ADAPTER_WEIGHTS, disable_dropout, load_causal_lm, load_tokenizer, position_ids, resolve
 from rlhf.ppo import rewards
+
+# The base is the SFT model (an SFT LoRA adapter is merged into it once). On top of it, one peft model holds
+#   policy    = base + LoRA "policy" (trained)
+#   reference = the same base with adapters disabled (no second copy of the weights)
+#   value     = base + LoRA "value" + a scalar head (trained), or a scalar head on the policy's hidden states
+#   reward    = base + LoRA "reward" + the reward model's score head (frozen), when the reward model shares the base
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
 VALUE_MODELS = ("lora_head", "policy_head")

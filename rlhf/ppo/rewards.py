@@ -1,6 +1,5 @@
-"""The reward PPO optimises: a rule (a Python function), or a reward model, either as the "reward" adapter on the
-PPO base (when it was trained on that same base, checked by a fingerprint of the weight files) or as a separate
-frozen classifier; plus the statistics that normalise its scores."""
+"""The reward PPO optimises: a rule, the reward model as an adapter on the shared PPO base (when it was trained on
+that base, checked by a fingerprint), or a separate frozen classifier; and the statistics that normalise its scores."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from rlhf import runs
 from rlhf.chat import format_prompt
 from rlhf.config import import_function
 from rlhf.errors import ConfigError
-from rlhf.models import ADAPTER_CONFIG, ModelSource, disable_dropout, load_tokenizer, position_ids, read_adapter_config
+from rlhf.models import ModelSource, disable_dropout, load_tokenizer, position_ids, read_adapter_config
 
 
 class Reward(Protocol):

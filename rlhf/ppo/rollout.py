@@ -1,9 +1,5 @@
-"""Rollouts: `sample` responses to a batch of prompts (recording the policy's log-probs as they are sampled), then
-`score` them with one forward pass per remaining model (reference, value adapter, reward).
-
-`generate` is the only function that samples; `sample` runs it inside the caller's `generation_weights` context
-(under ZeRO-3, one that gathers the parameters once per rollout rather than once per generated token).
-"""
+"""Rollouts: `sample` responses (recording the policy's log-probs as they are sampled), then `score` them with one
+forward pass per remaining model (reference, value adapter, reward)."""
 
 from __future__ import annotations
 
@@ -18,6 +14,9 @@ from rlhf.chat import format_prompt, prompt_of_row
 from rlhf.datafiles import read_rows
 from rlhf.ppo import core
 from rlhf.ppo.model_set import VALUE
+
+# `generate` is the only function that samples; `sample` runs it inside the caller's `generation_weights` context
+# (under ZeRO-3, one that gathers the parameters once per rollout rather than once per generated token).
 
 
 @dataclass

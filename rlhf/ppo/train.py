@@ -1,9 +1,6 @@
 """`rlhf ppo --config FILE.yaml [--key value ...]`: PPO against a reward model (or a rule-based reward).
 
-`run` is `setup`, then `train_step` once per step (sample, score, advantages, update: the order PPO reads), logging
-and checkpoints, then `finish`. The same code runs under plain `python`, `accelerate launch` (DDP) and DeepSpeed
-ZeRO-2/3; what several processes need stays in `distributed.py`.
-"""
+`run` is `setup`, `train_step` per step (sample, score, advantages, update), and `finish`, for any process count."""
 
 from __future__ import annotations
 
