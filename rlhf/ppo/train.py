@@ -144,33 +144,33 @@ def setup(config: PPOStageConfig) -> PPORun:
                   score_normalization(config, reward.stats), kl_control, settings, start, info)
 
 
-def train_step(r: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollout, Advantages]:
+def train_step(ppo: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollout, Advantages]:
     """One PPO step; returns its metrics, the rollout and what was learnt from it."""
-    config, accelerator = r.config, r.accelerator
+    config, accelerator = ppo.config, ppo.accelerator
 
     # Step 1: sample responses to this process's share of the step's prompts, recording the policy's log-probs.
     started = time.perf_counter()
     local_rows = config.batch_size // accelerator.num_processes
-    mine = prompt_indices(step, config.batch_size, len(r.data.prompts), config.seed)[
+    mine = prompt_indices(step, config.batch_size, len(ppo.data.prompts), config.seed)[
         accelerator.process_index * local_rows:(accelerator.process_index + 1) * local_rows]
-    samples = rollout.sample(r.policy, r.tokenizer, [r.data.texts[i] for i in mine], r.settings, accelerator.device,
-                             distributed.weights_for_generation(r.model, accelerator))
+    samples = rollout.sample(ppo.policy, ppo.tokenizer, [ppo.data.texts[i] for i in mine], ppo.settings, accelerator.device,
+                             distributed.weights_for_generation(ppo.model, accelerator))
     sampled = time.perf_counter()
 
     # Step 2: score them (reference log-probs, values, reward), then give every process the whole batch.
-    ro = rollout.score(r.policy, r.reward, [r.data.prompts[i] for i in mine], samples, r.settings)
+    ro = rollout.score(ppo.policy, ppo.reward, [ppo.data.prompts[i] for i in mine], samples, ppo.settings)
     scored = time.perf_counter()
-    ro = distributed.gather_rollout(ro, accelerator, r.tokenizer.pad_token_id)
+    ro = distributed.gather_rollout(ro, accelerator, ppo.tokenizer.pad_token_id)
     for name in ("scores", "logprobs", "ref_logprobs", "values"):
         core.check_finite(name, getattr(ro, name), step)
 
     # Step 3: per-token rewards with the KL penalty, then advantages and returns.
-    kl_coef = r.kl_control.value
-    learn = estimate_advantages(ro, config, kl_coef, r.normalization)
+    kl_coef = ppo.kl_control.value
+    learn = estimate_advantages(ro, config, kl_coef, ppo.normalization)
     updating = time.perf_counter()
 
     # Step 4: the clipped policy and value updates, `ppo_epochs` passes over shuffled mini-batches.
-    train_stats = ppo_update(r.model, r.optimizer, r.scheduler, accelerator, ro, learn.advantages, learn.returns,
+    train_stats = ppo_update(ppo.model, ppo.optimizer, ppo.scheduler, accelerator, ro, learn.advantages, learn.returns,
                              config, step)
 
     # Step 5: the step's metrics; the adaptive KL coefficient follows the KL just measured.
@@ -179,40 +179,40 @@ def train_step(r: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollout,
                "ppo/entropy": ((ro.entropy * ro.mask).sum() / ro.mask.sum()).item(),
                "ppo/response_length": ro.mask.sum(1).mean().item(),
                "ppo/eos_fraction": ro.ended_with_eos.float().mean().item()}
-    r.kl_control.update(metrics["ppo/kl"], config.batch_size)
+    ppo.kl_control.update(metrics["ppo/kl"], config.batch_size)
     metrics.update({"ppo/kl_coef": kl_coef, **{f"ppo/{k}": v for k, v in train_stats.items()},
-                    "ppo/lr": r.scheduler.get_last_lr()[0], "time/generation_s": sampled - started,
+                    "ppo/lr": ppo.scheduler.get_last_lr()[0], "time/generation_s": sampled - started,
                     "time/scoring_s": scored - sampled, "time/training_s": time.perf_counter() - updating})
     return metrics, ro, learn
 
 
-def log_completions(r: PPORun, step: int, ro: rollout.Rollout, scores: torch.Tensor) -> None:
+def log_completions(ppo: PPORun, step: int, ro: rollout.Rollout, scores: torch.Tensor) -> None:
     """A few samples of the rollout, to completions.jsonl and (if used) a W&B table."""
     shown = [{"prompt": p if isinstance(p, str) else json.dumps(p, ensure_ascii=False), "response": text,
               "score": float(s), "score_after_penalties": float(a)}
              for p, text, s, a in zip(ro.prompts, ro.responses, ro.scores, scores)][:COMPLETIONS_SHOWN]
-    log = runs.MetricsFile(r.run_dir, runs.COMPLETIONS)
+    log = runs.MetricsFile(ppo.run_dir, runs.COMPLETIONS)
     for row in shown:
         log.log(step, row)
-    targets = runs.trackers(r.config.report_to)
+    targets = runs.trackers(ppo.config.report_to)
     if "wandb" in targets or "all" in targets:
         import wandb
 
         table = wandb.Table(columns=["step", *shown[0]], data=[[step, *row.values()] for row in shown])
-        r.accelerator.get_tracker("wandb").log({"completions": table}, step=step)
+        ppo.accelerator.get_tracker("wandb").log({"completions": table}, step=step)
 
 
-def finish(r: PPORun, metrics: dict[str, float]) -> dict[str, Any]:
+def finish(ppo: PPORun, metrics: dict[str, float]) -> dict[str, Any]:
     """`final/` (the policy adapter and tokenizer), then summary.json; closes the trackers."""
-    with distributed.full_parameters(r.policy.trainable_parameters(), r.accelerator):
-        if r.accelerator.is_main_process:
-            checkpoint.save_final(r.run_dir, r.policy, r.tokenizer)
-    summary = {"global_step": r.config.max_steps, "world_size": r.accelerator.num_processes,
-               "reward": r.info["reward"], "prompts": len(r.data.prompts), "prompts_too_long": r.data.too_long,
+    with distributed.full_parameters(ppo.policy.trainable_parameters(), ppo.accelerator):
+        if ppo.accelerator.is_main_process:
+            checkpoint.save_final(ppo.run_dir, ppo.policy, ppo.tokenizer)
+    summary = {"global_step": ppo.config.max_steps, "world_size": ppo.accelerator.num_processes,
+               "reward": ppo.info["reward"], "prompts": len(ppo.data.prompts), "prompts_too_long": ppo.data.too_long,
                **metrics}
-    if r.accelerator.is_main_process:
-        runs.write_summary(r.run_dir, summary)
-    r.accelerator.end_training()
+    if ppo.accelerator.is_main_process:
+        runs.write_summary(ppo.run_dir, summary)
+    ppo.accelerator.end_training()
     return summary
 
 
@@ -223,25 +223,25 @@ def run(config: PPOStageConfig) -> dict[str, Any]:
     if runs.is_finished(config.output_dir) and runs.read_summary(config.output_dir)["global_step"] >= config.max_steps:
         print(f"{config.output_dir} is already finished (summary.json); nothing to do")
         return runs.read_summary(config.output_dir)
-    r = setup(config)
-    main_process = r.accelerator.is_main_process
+    ppo = setup(config)
+    main_process = ppo.accelerator.is_main_process
     metrics: dict[str, float] = {}
-    progress = tqdm(total=config.max_steps, initial=r.start, disable=not main_process, desc="ppo")
-    for step in range(r.start + 1, config.max_steps + 1):
-        metrics, ro, learn = train_step(r, step)
+    progress = tqdm(total=config.max_steps, initial=ppo.start, disable=not main_process, desc="ppo")
+    for step in range(ppo.start + 1, config.max_steps + 1):
+        metrics, ro, learn = train_step(ppo, step)
         if main_process:
-            runs.MetricsFile(r.run_dir).log(step, metrics)
+            runs.MetricsFile(ppo.run_dir).log(step, metrics)
             if step % config.log_completions_steps == 0:
-                log_completions(r, step, ro, learn.scores)
-        r.accelerator.log(metrics, step=step)
+                log_completions(ppo, step, ro, learn.scores)
+        ppo.accelerator.log(metrics, step=step)
         progress.update(1)
         progress.set_postfix(score=f"{metrics['ppo/score_mean']:.3f}", kl=f"{metrics['ppo/kl']:.3f}")
         if step % config.save_steps == 0 or step == config.max_steps:
-            checkpoint.save(r.run_dir, step, r.model, r.optimizer, r.scheduler,
-                            {"prompts_seen": step * config.batch_size, "kl_controller": r.kl_control.state_dict()},
-                            r.accelerator)
+            checkpoint.save(ppo.run_dir, step, ppo.model, ppo.optimizer, ppo.scheduler,
+                            {"prompts_seen": step * config.batch_size, "kl_controller": ppo.kl_control.state_dict()},
+                            ppo.accelerator)
     progress.close()
-    return finish(r, metrics)
+    return finish(ppo, metrics)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
