@@ -5,19 +5,21 @@ preference pairs in any format reward.pairs reads (both responses scored, plus a
 `load_reward_model` and `score_texts` are what PPO and evaluation use to score with a trained reward model.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: rlhf.config reads the config's field types.
 
-import argparse
 import json
 import math
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
 from reward import pairs as pairs_lib
 from rlhf import datafiles
-from rlhf.errors import DataError
+from rlhf.chat import check_prompt, check_response
+from rlhf.config import command_main, key
+from rlhf.errors import ConfigError, DataError
+from rlhf.models import disable_dropout, load_sequence_classifier, load_tokenizer, read_adapter_config, resolve
 
 MARGIN_BUCKETS = (0.34, 0.67)  # label-export margins of one vote: 1/3 slight, 2/3 clear, 1 strong
 
@@ -30,11 +32,9 @@ def load_reward_model(run_dir_or_model: str, dtype: str = "auto", merge: bool = 
     """
     from peft import PeftModel
 
-    from rlhf.models import disable_dropout, load_sequence_classifier, load_tokenizer, resolve
-
     source = resolve(run_dir_or_model)
     if source.adapter:
-        base = json.loads((Path(source.adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = read_adapter_config(source.adapter)["base_model_name_or_path"]
         model = PeftModel.from_pretrained(load_sequence_classifier(base, dtype), source.adapter)
         if merge and model.peft_config["default"].peft_type.value == "LORA":
             model = model.merge_and_unload()
@@ -93,8 +93,8 @@ def _text_inputs(rows: list[datafiles.Row]) -> list[tuple]:
             if not isinstance(text, str) or not text.strip():
                 raise DataError(row.where, "must be a non-empty string", field="text")
         return [(None, text) for _, text in texts]
-    return [(pairs_lib.check_prompt(pairs_lib.required(row, "prompt"), row.where, "prompt"),
-             pairs_lib.check_response(pairs_lib.required(row, "response"), row.where, "response")) for row in rows]
+    return [(check_prompt(pairs_lib.required(row, "prompt"), row.where, "prompt"),
+             check_response(pairs_lib.required(row, "response"), row.where, "response")) for row in rows]
 
 
 def _score_texts_file(model, tokenizer, rows: list[datafiles.Row], inputs: list[tuple], batch_size: int,
@@ -107,7 +107,7 @@ def _score_texts_file(model, tokenizer, rows: list[datafiles.Row], inputs: list[
     return records, {"texts": len(rows), "mean": scores.mean().item(), "std": scores.std(correction=0).item()}
 
 
-def _score_pairs_file(model, tokenizer, pairs: list[pairs_lib.Pair], batch_size: int, max_length: int | None):
+def _score_pairs_file(model, tokenizer, pairs: list[pairs_lib.PreferencePair], batch_size: int, max_length: int | None):
     """(records with both scores, pair metrics) for preference pairs."""
     prompts = [p.prompt for p in pairs]
     chosen = score_texts(model, tokenizer, prompts, [p.chosen for p in pairs], batch_size, max_length)
@@ -119,30 +119,51 @@ def _score_pairs_file(model, tokenizer, pairs: list[pairs_lib.Pair], batch_size:
     return records, pair_metrics(chosen, rejected, margins, MARGIN_BUCKETS)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf score", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="reward run directory, its final/ folder, or a model")
-    parser.add_argument("--input", required=True, help="JSONL/JSON/CSV/Parquet of texts or preference pairs")
-    parser.add_argument("--out", help="JSONL to write the scored records to (default: print them)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=None, help="truncate token sequences to this length")
-    args = parser.parse_args(argv)
-    rows = datafiles.read_rows(args.input)
+@dataclass
+class ScoreConfig:
+    """`rlhf score` keys."""
+
+    model: str | None = key(None, "reward run directory, its final/ folder, or a model (required)")
+    input: str | None = key(None, "JSONL/JSON/CSV/Parquet of texts or preference pairs (required)")
+    out: str | None = key(None, "JSONL to write the scored records to (default: print them)")
+    batch_size: int = key(16, "sequences scored at once")
+    max_length: int | None = key(None, "truncate token sequences to this length (null: no limit)")
+
+    def __post_init__(self):
+        for name in ("model", "input"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is not set")
+        for name in ("batch_size", "max_length"):
+            value = getattr(self, name)
+            if value is None and name == "max_length":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+
+
+def score_command(config: ScoreConfig) -> int:
+    rows = datafiles.read_rows(config.input)
     if not rows:
-        raise DataError(args.input, "no rows")
+        raise DataError(config.input, "no rows")
     if {"response", "text"} & rows[0].data.keys():
         inputs = _text_inputs(rows)  # bad rows fail before the model is loaded
-        model, tokenizer = load_reward_model(args.model)
-        records, summary = _score_texts_file(model, tokenizer, rows, inputs, args.batch_size, args.max_length)
+        model, tokenizer = load_reward_model(config.model)
+        records, summary = _score_texts_file(model, tokenizer, rows, inputs, config.batch_size, config.max_length)
     else:
         pairs, _ = pairs_lib.parse_rows(rows)
-        model, tokenizer = load_reward_model(args.model)
-        records, summary = _score_pairs_file(model, tokenizer, pairs, args.batch_size, args.max_length)
-    if args.out:
-        datafiles.write_jsonl(args.out, records)
-        print(f"wrote {len(records)} scored records to {args.out}")
+        model, tokenizer = load_reward_model(config.model)
+        records, summary = _score_pairs_file(model, tokenizer, pairs, config.batch_size, config.max_length)
+    if config.out:
+        datafiles.write_jsonl(config.out, records)
+        print(f"wrote {len(records)} scored records to {config.out}")
     else:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
-    print(json.dumps(summary), file=sys.stderr if not args.out else sys.stdout)
+    print(json.dumps(summary), file=sys.stderr if not config.out else sys.stdout)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return command_main(argv, ScoreConfig, __doc__, score_command)

@@ -6,7 +6,6 @@ import dataclasses
 import difflib
 import enum
 import importlib
-import json
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +52,16 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     return data, lines
 
 
+def field_types(cls) -> dict[str, Any]:
+    """Each key's type, resolved also where annotations are strings (modules with `from __future__ import
+    annotations`); a key whose annotation does not resolve keeps what its field says."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # a third-party base class may annotate with names it does not import
+        hints = {}
+    return {name: hints.get(name, f.type) for name, f in config_keys(cls).items()}
+
+
 def _is_str_type(tp) -> bool:
     if tp is str:
         return True
@@ -60,41 +69,64 @@ def _is_str_type(tp) -> bool:
     return bool(args) and str in args and not any(typing.get_origin(a) in (list, dict) for a in args)
 
 
-def _parse_cli_value(raw: str, field: dataclasses.Field) -> Any:
-    """Typed value of `--key raw`: YAML syntax (numbers, true/false, [a, b], null) except for plain strings."""
-    tp = field.type if not isinstance(field.type, str) else None
-    value = yaml.safe_load(raw) if raw != "" else ""
+def _is_list_type(tp) -> bool:
+    return typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in typing.get_args(tp))
+
+
+def _parse_cli_value(raw: str, tp: Any, key: str) -> Any:
+    """Typed value of `--key raw`: a string key takes the text as written (null: None); other keys read YAML
+    syntax (numbers, true/false, [a, b], {a: 1}, null)."""
+    if _is_str_type(tp):
+        return None if raw in ("null", "~") and type(None) in typing.get_args(tp) else raw
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"command line: --{key} '{raw}' is not a valid value: {getattr(e, 'problem', e)}") from e
     if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string; numbers are numbers here
         try:
             value = float(raw)
         except ValueError:
             pass
-    if tp is not None and _is_str_type(tp) and not isinstance(value, (list, dict)) and value is not None:
-        return raw
     return value
 
 
-def _is_list_type(field: dataclasses.Field) -> bool:
-    tp = field.type if not isinstance(field.type, str) else None
-    return tp is not None and (typing.get_origin(tp) is list or any(typing.get_origin(a) is list
-                                                                   for a in typing.get_args(tp)))
+def _yaml_list(raw: str) -> list | None:
+    """`raw` read as a YAML list (`[a, b]`), or None when it is not one."""
+    if not raw.lstrip().startswith("["):
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, list) else None
 
 
-def parse_overrides(argv: list[str], valid: dict[str, dataclasses.Field],
+def parse_overrides(argv: list[str], types: dict[str, Any],
                     positional: tuple[str, ...] = ()) -> tuple[str | None, dict[str, Any]]:
     """(`--config` path, {key: value}) from `[POSITIONAL ...] --config F --key value --key=value --flag`.
 
-    `--some-key` is read as `some_key`; a list key given several times (`--prompt a --prompt b`) collects them."""
+    `--some-key` is read as `some_key`; a list key given several times (`--prompt a --prompt b`) collects them, and
+    so does a list key named last in POSITIONAL with every leading argument left."""
     config_path, overrides, i = None, {}, 0
     leading = list(positional)
+
+    def add(name: str, raw: str) -> None:
+        if not _is_list_type(types[name]):
+            overrides[name] = _parse_cli_value(raw, types[name], name)
+        elif (whole := _yaml_list(raw)) is not None:  # `--key [a, b]`: the whole list
+            overrides[name] = whole
+        else:
+            overrides[name] = [*overrides.get(name, []), raw]  # one more item, as written
+
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
             if not leading:
                 names = f" (this command takes {', '.join(positional)} first)" if positional else ""
                 raise ConfigError(f"unexpected argument '{arg}'{names}; options are written --key value")
-            name = leading.pop(0)
-            overrides[name] = _parse_cli_value(arg, valid[name])
+            add(leading[0], arg)
+            if not _is_list_type(types[leading[0]]):
+                leading.pop(0)
             i += 1
             continue
         leading = []
@@ -110,18 +142,15 @@ def parse_overrides(argv: list[str], valid: dict[str, dataclasses.Field],
         if key == "config":
             config_path = raw
             continue
-        if key not in valid:
-            raise _unknown_key(key, valid, "command line")
-        value = _parse_cli_value(raw, valid[key])
-        if _is_list_type(valid[key]) and not isinstance(value, list):
-            value = [*overrides.get(key, []), raw]  # one more item, as written
-        overrides[key] = value
+        if key not in types:
+            raise _unknown_key(key, types, "command line")
+        add(key, raw)
     return config_path, overrides
 
 
 def load_config(cls: type[C], argv: list[str], overrides: dict[str, Any] | None = None) -> C:
     """Build `cls` from `--config FILE.yaml`, then `--key value` arguments, then `overrides` (later wins)."""
-    valid = config_keys(cls)
+    valid = field_types(cls)
     config_path, cli_values = parse_overrides(argv, valid, getattr(cls, "POSITIONAL", ()))
     for name in overrides or {}:
         if name not in valid:
@@ -203,14 +232,6 @@ def command_main(argv: list[str], cls: type[C], doc: str, run: typing.Callable[[
         return 0
     result = run(load_config(cls, argv))
     return result if isinstance(result, int) else 0
-
-
-def dump_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def on_gpu() -> bool:

@@ -16,13 +16,16 @@ has room to improve. `demo_files` builds the files shipped in configs/demo/; reg
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhf.config import command_main, key
 from rlhf.datafiles import write_jsonl
+from rlhf.errors import ConfigError, RLHFError
 
 SEED = 0
 NAME_RATE = 0.25  # share of demonstrations that address the requester by name
@@ -160,10 +163,34 @@ def write_demo_files(out: str | Path, seed: int = SEED) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="write the demo task's data files")
-    parser.add_argument("--out", default="configs/demo")
-    parser.add_argument("--seed", type=int, default=SEED)
-    args = parser.parse_args()
-    for path in write_demo_files(args.out, args.seed):
+# ---- the command line (`python -m rlhf.demo_task [--out DIR] [--seed N]`) ---------------------------
+
+@dataclass
+class DemoFilesConfig:
+    """Write the demo task's data files (`python -m rlhf.demo_task --out configs/demo`)."""
+
+    out: str = key("configs/demo", "folder to write the data files to")
+    seed: int = key(SEED, "seed of the prompt splits and demonstrations (the shipped files use the default)")
+
+    def __post_init__(self):
+        self.out = str(self.out)  # this module's annotations are strings, so a number-like --out arrives parsed
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+
+def write_demo_files_command(config: DemoFilesConfig) -> int:
+    for path in write_demo_files(config.out, config.seed):
         print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    return command_main(argv, DemoFilesConfig, DemoFilesConfig.__doc__, write_demo_files_command)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except RLHFError as e:  # one line and status 2, as `rlhf COMMAND` reports it
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -12,18 +12,19 @@ own reference. Log-probs are taken at the sampling temperature (at 1 for greedy 
 ignore top-p truncation, so with top_p < 1 the KL is that of the untruncated distributions.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: rlhf.config reads the config's field types.
 
-import argparse
 import dataclasses
-import pkgutil
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import dump_json
+from reward.score import load_reward_model, score_texts
+from rlhf import runs
+from rlhf.chat import format_prompt
+from rlhf.config import command_main, import_function, key
 from rlhf.errors import ConfigError
-from rlhf.sampling import Sampling, add_sampling_args, sampling_from_args
+from rlhf.sampling import Sampling, sample_tokens
 
 ROWS = (  # (result key, table label)
     ("reward_score", "reward-model score"),
@@ -84,8 +85,6 @@ def sequence_kl(model, tokenizer, prompts: list, response_ids: list[list[int]], 
     """log p_policy - log p_ref of each response; the reference is `reference`, else `model` with adapters off."""
     from peft import PeftModel
 
-    from rlhf.chat import format_prompt
-
     prompt_ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     args = (prompt_ids, response_ids, tokenizer.pad_token_id, temperature, batch_size)
     policy = response_logprobs(model, *args)
@@ -101,7 +100,6 @@ def sequence_kl(model, tokenizer, prompts: list, response_ids: list[list[int]], 
 
 def sample_policy(path: str, prompts: list, sampling: Sampling, reference: str | None, device: str) -> dict[str, Any]:
     """Responses of one policy with its KL, length and diversity figures."""
-    from rlhf.sampling import sample_tokens
     from rlhf.models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(path, merge=False).to(device).eval()  # unmerged: the reference is the adapter switched off
@@ -120,19 +118,6 @@ def sample_policy(path: str, prompts: list, sampling: Sampling, reference: str |
                         "distinct_1": distinct_n(responses, 1), "distinct_2": distinct_n(responses, 2)}}
 
 
-def load_judge(spec: str) -> Callable[[Any, str], float]:
-    """`module:function` scoring (prompt, response) -> float."""
-    if ":" not in spec:
-        raise ConfigError(f"--judge must look like MODULE:FUNCTION, got '{spec}'")
-    try:
-        judge = pkgutil.resolve_name(spec)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"--judge {spec}: {e}") from e
-    if not callable(judge):
-        raise ConfigError(f"--judge {spec} is not a function")
-    return judge
-
-
 # ---- the evaluation ------------------------------------------------------------------------------
 
 def run_eval(policy: str, prompts: str, baseline: str | None = None, reward_model: str | None = None,
@@ -146,14 +131,12 @@ def run_eval(policy: str, prompts: str, baseline: str | None = None, reward_mode
 
     sampling = sampling or Sampling()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gold = load_judge(judge) if judge else None  # a bad spec fails before any model is loaded
+    gold = import_function(judge, "judge") if judge else None  # a bad spec fails before any model is loaded
     prompt_set = read_prompts(prompts, load_tokenizer(policy), max_prompt_length=10**9).prompts
     sides = {"policy": sample_policy(policy, prompt_set, sampling, reference, device)}
     if baseline:
         sides["baseline"] = sample_policy(baseline, prompt_set, sampling, reference, device)
     if reward_model:
-        from reward.score import load_reward_model, score_texts
-
         rm, rm_tokenizer = load_reward_model(reward_model)
         rm.to(device)
         for side in sides.values():
@@ -175,7 +158,7 @@ def run_eval(policy: str, prompts: str, baseline: str | None = None, reward_mode
     print(table)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        dump_json(result, out)
+        runs.write_json(result, out)
         Path(out).with_suffix(".md").write_text(table + "\n", encoding="utf-8")
     return result
 
@@ -185,24 +168,38 @@ def markdown_table(models: dict[str, dict[str, Any]]) -> str:
     names = list(models)
     lines = ["| metric | " + " | ".join(f"{n} ({models[n]['path']})" for n in names) + " |",
              "|---|" + "---:|" * len(names)]
-    for key, label in ROWS:
-        if any(key in models[n] for n in names):
-            cells = [f"{models[n][key]:.4g}" if key in models[n] else "" for n in names]
+    for metric, label in ROWS:
+        if any(metric in models[n] for n in names):
+            cells = [f"{models[n][metric]:.4g}" if metric in models[n] else "" for n in names]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", required=True, help="run directory or model to evaluate")
-    parser.add_argument("--baseline", help="run directory or model to compare with (e.g. the SFT run)")
-    parser.add_argument("--prompts", required=True, help="held-out prompts: {\"prompt\"} or {\"messages\"} rows")
-    parser.add_argument("--reward-model", help="reward run directory: mean score of each model's responses")
-    parser.add_argument("--judge", help="MODULE:FUNCTION gold_score(prompt, response) -> float, e.g. rlhf.demo_task:gold_score")
-    parser.add_argument("--reference", help="model for the KL instead of each policy's base with adapters disabled")
-    parser.add_argument("--out", help="JSON file for the results (the table goes next to it as .md)")
-    add_sampling_args(parser)
-    args = parser.parse_args(argv)
-    sampling = sampling_from_args(args)
-    run_eval(args.policy, args.prompts, args.baseline, args.reward_model, args.judge, args.reference, args.out, sampling)
+@dataclass
+class EvalConfig(Sampling):
+    """`rlhf eval` keys: the models, the prompts, the scorers, and the sampling keys."""
+
+    policy: str | None = key(None, "run directory or model to evaluate (required)")
+    baseline: str | None = key(None, "run directory or model to compare with (e.g. the SFT run)")
+    prompts: str | None = key(None, "held-out prompts (required): {\"prompt\"} or {\"messages\"} rows")
+    reward_model: str | None = key(None, "reward run directory: mean score of each model's responses")
+    judge: str | None = key(None, "module:function gold_score(prompt, response) -> float, "
+                                  "e.g. rlhf.demo_task:gold_score")
+    reference: str | None = key(None, "model for the KL instead of each policy's base with adapters disabled")
+    out: str | None = key(None, "JSON file for the results (the table goes next to it as .md)")
+
+    def __post_init__(self):
+        for name in ("policy", "prompts"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is not set")
+        super().__post_init__()
+
+
+def eval_command(config: EvalConfig) -> int:
+    run_eval(config.policy, config.prompts, config.baseline, config.reward_model, config.judge, config.reference,
+             config.out, config.sampling())
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return command_main(argv, EvalConfig, __doc__, eval_command)

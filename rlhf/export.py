@@ -5,19 +5,22 @@ result loads with plain `AutoModelForCausalLM.from_pretrained(DIR)` and needs ne
 base. Prompt and prefix tuning add virtual tokens rather than weight deltas and cannot be merged.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: rlhf.config reads the config's field types.
 
-import argparse
-import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from rlhf import runs
+from rlhf.config import command_main, key
 from rlhf.errors import ConfigError
-from rlhf.models import load_causal_lm, load_tokenizer, resolve
+from rlhf.models import load_causal_lm, load_tokenizer, read_adapter_config, resolve
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def adapter_type(adapter_dir: str) -> str:
-    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["peft_type"]
+    return read_adapter_config(adapter_dir)["peft_type"]
 
 
 def export(run_dir: str, out: str | Path, dtype: str = "auto") -> Path:
@@ -34,12 +37,29 @@ def export(run_dir: str, out: str | Path, dtype: str = "auto") -> Path:
     return Path(out)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf export", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="run directory (or adapter/model folder) to export")
-    parser.add_argument("--out", required=True, help="folder to write the merged model to")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
-    args = parser.parse_args(argv)
-    out = export(args.run_dir, args.out, args.dtype)
+@dataclass
+class ExportConfig:
+    """`rlhf export` keys; the run directory may come first without its key (`rlhf export RUN_DIR --out DIR`)."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("run_dir",)
+
+    run_dir: str | None = key(None, "run directory (or adapter/model folder) to export (required)")
+    out: str | None = key(None, "folder to write the merged model to (required)")
+    dtype: str = key("auto", "dtype of the written weights: " + " | ".join(DTYPES))
+
+    def __post_init__(self):
+        for name in ("run_dir", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is not set")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype '{self.dtype}' is not one of {', '.join(DTYPES)}")
+
+
+def export_command(config: ExportConfig) -> int:
+    out = export(config.run_dir, config.out, config.dtype)
     print(f"wrote a standalone model to {out}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return command_main(argv, ExportConfig, __doc__, export_command)

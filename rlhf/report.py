@@ -4,13 +4,15 @@ The metrics a run has decide the plots: PPO runs show score, reward, KL, value l
 response length; SFT and reward runs show their train/eval losses (and eval accuracy).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: rlhf.config reads the config's field types (list[str]).
 
-import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from rlhf import runs
+from rlhf.config import command_main, key
 from rlhf.errors import ConfigError
 
 METRICS = (  # plotted in this order when present
@@ -59,19 +61,44 @@ def plot_run(run_dir: str | Path, out_path: str | Path | None = None, metrics: t
     return present
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--out", help="folder for the PNGs (RUN_NAME.png); default: report.png in each run directory")
-    parser.add_argument("--metrics", help="comma-separated metric names to plot instead of the default set")
-    args = parser.parse_args(argv)
-    metrics = tuple(args.metrics.split(",")) if args.metrics else METRICS
-    names = [Path(d).resolve().name for d in args.run_dirs]
-    if args.out and len(set(names)) < len(names):
-        raise ConfigError("--out: several run directories have the same name; write each report into its run directory")
-    for run_dir, name in zip(args.run_dirs, names):
-        out_path = Path(args.out) / f"{name}.png" if args.out else Path(run_dir) / "report.png"
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@dataclass
+class ReportConfig:
+    """`rlhf report` keys; the run directories come first without their key (`rlhf report RUN_DIR...`)."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("run_dirs",)
+
+    run_dirs: list[str] = key([], "run directories to plot (required; also written --run_dirs DIR, repeated)")
+    out: str | None = key(None, "folder for the PNGs (RUN_NAME.png); default: report.png in each run directory")
+    metrics: list[str] = key(list(METRICS), "metric names to plot (repeat --metrics, or comma-separated)")
+
+    def __post_init__(self):
+        self.run_dirs = [str(d) for d in _as_list(self.run_dirs)]
+        self.metrics = [name.strip() for m in _as_list(self.metrics) for name in str(m).split(",") if name.strip()]
+        if not self.run_dirs:
+            raise ConfigError("run_dirs is not set: name one or more run directories")
+        if not self.metrics:
+            raise ConfigError("metrics is empty")
+        names = [Path(d).resolve().name for d in self.run_dirs]
+        if self.out and len(set(names)) < len(names):
+            raise ConfigError("out: several run directories have the same name; write each report into its run "
+                              "directory")
+
+
+def report_command(config: ReportConfig) -> int:
+    for run_dir in config.run_dirs:
+        name = Path(run_dir).resolve().name
+        out_path = Path(config.out) / f"{name}.png" if config.out else Path(run_dir) / "report.png"
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        plotted = plot_run(run_dir, out_path, metrics)
+        plotted = plot_run(run_dir, out_path, tuple(config.metrics))
         print(f"{out_path}: {', '.join(plotted)}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return command_main(argv, ReportConfig, __doc__, report_command)

@@ -9,6 +9,7 @@ from typing import Any
 
 from rlhf.chat import Prompt, format_prompt
 from rlhf.config import key
+from rlhf.errors import ConfigError
 
 @dataclass
 class Sampling:
@@ -23,6 +24,23 @@ class Sampling:
     top_p: float = key(1.0, "nucleus sampling")
     seed: int = key(0, "sampling seed")
     batch_size: int = key(16, "sequences generated at once")
+
+    def __post_init__(self):
+        """The sampling keys as numbers in range; temperature and top_p become floats (YAML reads `1` as an int)."""
+        for name in ("n", "max_new_tokens", "batch_size", "seed", "temperature", "top_p"):
+            value = getattr(self, name)
+            number = (int, float) if name in ("temperature", "top_p") else int
+            if isinstance(value, bool) or not isinstance(value, number):
+                kind = "a number" if number != int else "an integer"
+                raise ConfigError(f"{name} must be {kind}, got {value!r}")
+        for name in ("n", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.temperature, self.top_p = float(self.temperature), float(self.top_p)
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must not be negative (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
     def sampling(self) -> Sampling:
         return Sampling(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Sampling)})

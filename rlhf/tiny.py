@@ -6,11 +6,14 @@ pad/bos/eos/unk tokens, left padding, and a chat template whose assistant turns 
 `{% generation %}` markers (what TRL's assistant-only loss needs).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: rlhf.config reads the config's field types (str, list[str]).
 
-import argparse
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from rlhf.config import command_main, key
+from rlhf.errors import ConfigError
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2", "gpt_neox")
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>"}
@@ -102,18 +105,41 @@ def make_tiny_model(output: str | Path, arch: str = "llama", hidden: int = 64, l
     return output
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf tiny-model", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="llama", choices=ARCHITECTURES)
-    parser.add_argument("--output", required=True, help="folder to write the model and tokenizer to")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vocab-size", type=int, default=1024)
-    parser.add_argument("--corpus", action="append", default=[], help="extra text file(s) for the tokenizer")
-    args = parser.parse_args(argv)
-    extra = "\n".join(Path(p).read_text(encoding="utf-8") for p in args.corpus)
-    out = make_tiny_model(args.output, args.arch, args.hidden, args.layers, args.heads, args.seed, extra, args.vocab_size)
-    print(f"wrote {args.arch} model to {out}")
+@dataclass
+class TinyModelConfig:
+    """`rlhf tiny-model` keys."""
+
+    output: str | None = key(None, "folder to write the model and tokenizer to (required)")
+    arch: str = key("llama", "architecture: " + " | ".join(ARCHITECTURES))
+    hidden: int = key(64, "hidden size")
+    layers: int = key(2, "transformer layers")
+    heads: int = key(4, "attention heads")
+    seed: int = key(0, "seed of the random weights")
+    vocab_size: int = key(1024, "vocabulary size the tokenizer is trained to")
+    corpus: list[str] = key([], "extra text file(s) for the tokenizer (repeat --corpus for several)")
+
+    def __post_init__(self):
+        if not self.output:
+            raise ConfigError("output is not set")
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"arch '{self.arch}' is not one of {', '.join(ARCHITECTURES)}")
+        for name in ("hidden", "layers", "heads", "seed", "vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if name != "seed" and value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        corpus = self.corpus if isinstance(self.corpus, (list, tuple)) else [] if self.corpus is None else [self.corpus]
+        self.corpus = [str(p) for p in corpus]
+
+
+def tiny_model_command(config: TinyModelConfig) -> int:
+    extra = "\n".join(Path(p).read_text(encoding="utf-8") for p in config.corpus)
+    out = make_tiny_model(config.output, config.arch, config.hidden, config.layers, config.heads, config.seed, extra,
+                          config.vocab_size)
+    print(f"wrote {config.arch} model to {out}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return command_main(argv, TinyModelConfig, __doc__, tiny_model_command)

@@ -47,3 +47,25 @@ def test_help_lists_stage_keys_with_their_defaults():
     assert "--sft_overrides (default {}): keys that override the SFT config" in text
     assert "--annotators (default 3)" in text and "MISSING" not in text
     assert "--lora_r (default 16): LoRA rank" in config_help(SFTStageConfig, "sft")
+
+
+def test_command_line_values_keep_their_type_and_text():
+    """A string key takes the text as written (also where annotations are strings, as in the pipeline's module);
+    list keys collect repeats or read [a, b]; a list key named last in POSITIONAL takes every leading argument."""
+    from rlhf.generate import GenerateConfig
+    from rlhf.pipeline import PipelineConfig
+    from rlhf.report import ReportConfig
+
+    pipeline = load_config(PipelineConfig, ["--label_prompts", "yes: no", "--gold_judge", "null",
+                                            "--ppo_overrides", "{max_steps: 3}", "--label_temperature", "5e-1"])
+    assert (pipeline.label_prompts, pipeline.gold_judge, pipeline.ppo_overrides) == ("yes: no", None, {"max_steps": 3})
+    assert pipeline.label_temperature == 0.5
+    generate = load_config(GenerateConfig, ["--model", "m", "--prompt", "Q: a: b", "--prompt", "[draft] hi",
+                                            "--max-new-tokens", "5"])
+    assert generate.prompt == ["Q: a: b", "[draft] hi"] and generate.max_new_tokens == 5
+    assert load_config(GenerateConfig, ["--model", "m", "--prompt", "[a, b]"]).prompt == ["a", "b"]
+    assert load_config(ReportConfig, ["r1", "r2", "--out", "x"]).run_dirs == ["r1", "r2"]
+    with pytest.raises(ConfigError, match=r"--n '\[1,' is not a valid value"):
+        load_config(GenerateConfig, ["--model", "m", "--prompt", "p", "--n", "[1,"])
+    with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
+        load_config(GenerateConfig, ["stray", "--model", "m"])

@@ -95,3 +95,25 @@ def test_write_demo_files_round_trips(tmp_path):
     written = demo_task.write_demo_files(tmp_path, seed=3)
     assert {p.name for p in written} == set(demo_task.demo_files(seed=3))
     assert _read_jsonl(tmp_path / "eval_prompts.jsonl") == demo_task.demo_files(seed=3)["eval_prompts.jsonl"]
+
+
+def test_command_line_writes_the_files(tmp_path, capsys):
+    assert demo_task.main(["--out", str(tmp_path / "a"), "--seed", "3"]) == 0
+    assert f"wrote {tmp_path / 'a' / 'eval_prompts.jsonl'}" in capsys.readouterr().out
+    assert _read_jsonl(tmp_path / "a" / "eval_prompts.jsonl") == demo_task.demo_files(seed=3)["eval_prompts.jsonl"]
+    config_file = tmp_path / "demo.yaml"
+    config_file.write_text("seed: 3\n")
+    assert demo_task.main(["--config", str(config_file), f"--out={tmp_path / 'b'}"]) == 0
+    assert (tmp_path / "b" / "sft.jsonl").read_text() == (tmp_path / "a" / "sft.jsonl").read_text()
+
+
+def test_command_line_help_and_errors(capsys):
+    from rlhf.errors import ConfigError
+
+    assert demo_task.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--out (default 'configs/demo')" in text and "--seed (default 0)" in text
+    with pytest.raises(ConfigError, match="unknown config key 'sed'; did you mean 'seed'"):
+        demo_task.main(["--sed", "1"])
+    with pytest.raises(ConfigError, match="seed must be an integer"):
+        demo_task.main(["--seed", "one"])

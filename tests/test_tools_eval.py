@@ -1,4 +1,6 @@
-"""`rlhf eval`: pure metrics on hand-made texts, KL against the reference, and a full run on tiny models."""
+"""`rlhf eval`: pure metrics on hand-made texts, KL against the reference, and full runs on tiny models.
+
+Also `rlhf score` (reward/score.py), the reward-model scorer `rlhf eval` uses, through the command line."""
 
 import json
 
@@ -7,6 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhf import cli, evaluate
+from rlhf.config import load_config
 from rlhf.errors import ConfigError
 from rlhf.chat import format_prompt
 from rlhf.sampling import Sampling, sample_tokens
@@ -77,6 +80,7 @@ def test_eval_run_on_tiny_models(ppo_runs, tmp_path, capsys, one_thread):
     load_tokenizer(str(ppo_runs["base"])).save_pretrained(rm)
     out = tmp_path / "eval" / "eval.json"
     out.parent.mkdir()
+    # the kebab-case spellings of the argparse days (--reward-model, --max-new-tokens) still work
     args = ["eval", "--policy", str(ppo_runs["sft"]), "--baseline", str(ppo_runs["base"]), "--prompts", str(prompts),
             "--reward-model", str(rm), "--judge", f"{__name__}:words_judge", "--out", str(out),
             "--n", "2", "--max-new-tokens", "12", "--seed", "5"]
@@ -113,7 +117,115 @@ def test_same_seed_same_samples(ppo_runs, tmp_path, one_thread):
 
 
 def test_bad_judge_fails_before_loading_models(tmp_path):
-    with pytest.raises(ConfigError, match="MODULE:FUNCTION"):
+    with pytest.raises(ConfigError, match="judge 'rlhf.demo_task.gold_score' must be written module:function"):
         evaluate.run_eval("no-such-model", "no-such-file", judge="rlhf.demo_task.gold_score")
-    with pytest.raises(ConfigError, match="no_such"):
+    with pytest.raises(ConfigError, match="module 'rlhf.demo_task' has no function 'no_such'"):
         evaluate.run_eval("no-such-model", "no-such-file", judge="rlhf.demo_task:no_such")
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
+        evaluate.run_eval("no-such-model", "no-such-file", judge="no_such_module:f")
+
+
+def test_eval_config_from_yaml_and_kebab_case_keys(tmp_path):
+    config_file = tmp_path / "eval.yaml"
+    config_file.write_text("policy: runs/ppo\nprompts: p.jsonl\nreward_model: runs/rm\nn: 3\ntemperature: 1\n")
+    config = load_config(evaluate.EvalConfig, ["--config", str(config_file), "--max-new-tokens", "12",
+                                               "--top_p=0.9", "--judge", "rlhf.demo_task:gold_score"])
+    assert (config.policy, config.prompts, config.reward_model, config.judge) == (
+        "runs/ppo", "p.jsonl", "runs/rm", "rlhf.demo_task:gold_score")
+    assert config.sampling() == Sampling(n=3, max_new_tokens=12, temperature=1.0, top_p=0.9)
+    assert isinstance(config.sampling().temperature, float)  # written 1, stored (and reported) as 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompts", "p.jsonl"], "policy is not set"),
+    (["--policy", "m"], "prompts is not set"),
+    (["--policy", "m", "--prompts", "p", "--n", "0"], "n must be at least 1"),
+    (["--policy", "m", "--prompts", "p", "--temperature", "hot"], "temperature must be a number"),
+    (["--policy", "m", "--prompts", "p", "--top_p", "1.5"], r"top_p must be in \(0, 1\]"),
+    (["--policy", "m", "--prompts", "p", "--reward_modle", "rm"], "unknown config key 'reward_modle'.*'reward_model'"),
+])
+def test_eval_config_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(evaluate.EvalConfig, argv)
+
+
+def test_eval_help_lists_the_keys(capsys):
+    assert cli.main(["eval", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name in ("policy", "baseline", "prompts", "reward_model", "judge", "reference", "out", "n", "max_new_tokens",
+                 "temperature", "top_p", "seed", "batch_size"):
+        assert f"--{name} (default " in text
+    assert "--temperature (default 1.0): sampling temperature; 0 = greedy" in text
+
+
+def test_eval_command_with_snake_case_keys(ppo_runs, tmp_path, capsys, one_thread):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPTS[0]}) + "\n")
+    out = tmp_path / "eval.json"
+    assert cli.main(["eval", "--policy", str(ppo_runs["sft"]), "--prompts", str(prompts), "--reward_model",
+                     str(ppo_runs["rm"]), "--max_new_tokens", "4", "--batch_size=2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"] == {"n": 1, "max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0, "seed": 0,
+                                  "batch_size": 2}
+    assert result["reward_model"] == str(ppo_runs["rm"]) and "reward_score" in result["models"]["policy"]
+    assert "| reward-model score |" in capsys.readouterr().out
+
+
+# ---- `rlhf score` (reward/score.py) --------------------------------------------------------------
+
+@pytest.fixture
+def score_inputs(ppo_runs, tmp_path):
+    """A texts file and a pairs file on PROMPTS, and the scores `score_texts` gives their responses."""
+    from reward.score import load_reward_model, score_texts
+
+    responses = [f"Answer number {i}." for i in range(len(PROMPTS))]
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in zip(PROMPTS, responses)))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": r, "rejected": "no"}) + "\n"
+                             for p, r in zip(PROMPTS, responses)))
+    model, tokenizer = load_reward_model(str(ppo_runs["rm"]))
+    expected = score_texts(model, tokenizer, PROMPTS, responses, max_length=6).tolist()
+    return texts, pairs, expected
+
+
+def _scores(path, name="score"):
+    return [json.loads(line)[name] for line in path.read_text().splitlines()]
+
+
+def test_score_command_with_snake_case_keys(ppo_runs, score_inputs, tmp_path, capsys, one_thread):
+    texts, pairs, expected = score_inputs
+    out = tmp_path / "scored.jsonl"
+    assert cli.main(["score", "--model", str(ppo_runs["rm"]), "--input", str(texts), "--out", str(out),
+                     "--batch_size", "3", "--max_length", "6"]) == 0
+    assert _scores(out) == pytest.approx(expected, abs=1e-5)
+    assert f"wrote 4 scored records to {out}" in capsys.readouterr().out
+    assert cli.main(["score", "--model", str(ppo_runs["rm"]), "--input", str(pairs), "--max_length=6"]) == 0
+    captured = capsys.readouterr()
+    printed = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["chosen_score"] for r in printed] == pytest.approx(expected, abs=1e-5)
+    assert json.loads(captured.err.strip().splitlines()[-1])["pairs"] == 4
+
+
+def test_score_command_with_kebab_case_keys(ppo_runs, score_inputs, tmp_path, one_thread):
+    texts, _, expected = score_inputs
+    out = tmp_path / "scored.jsonl"
+    assert cli.main(["score", "--model", str(ppo_runs["rm"]), "--input", str(texts), "--out", str(out),
+                     "--batch-size", "2", "--max-length", "6"]) == 0
+    assert _scores(out) == pytest.approx(expected, abs=1e-5)
+
+
+def test_score_help_and_errors(capsys, tmp_path):
+    from reward import score
+
+    assert cli.main(["score", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name in ("model", "input", "out", "batch_size", "max_length"):
+        assert f"--{name} (default " in text
+    assert "--batch_size (default 16)" in text
+    with pytest.raises(ConfigError, match="input is not set"):
+        score.main(["--model", "m"])
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        load_config(score.ScoreConfig, ["--model", "m", "--input", "f", "--batch-size", "0"])
+    assert cli.main(["score", "--model", "m", "--input", "f", "--max_lenght", "3"]) == 2
+    assert "did you mean 'max_length'" in capsys.readouterr().err

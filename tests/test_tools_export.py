@@ -6,6 +6,7 @@ from peft import PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf import cli, export
+from rlhf.config import load_config
 from rlhf.errors import ConfigError
 from rlhf.sampling import sample_tokens
 from rlhf.models import load_causal_lm
@@ -42,3 +43,32 @@ def test_prompt_tuning_cannot_be_exported(ppo_runs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert cli.main(["export", str(tmp_path / "pt"), "--out", str(tmp_path / "out")]) == 2
     assert "cannot be merged" in capsys.readouterr().err
+
+
+def test_export_with_snake_case_keys_and_dtype(ppo_runs, tmp_path, capsys, one_thread):
+    out = tmp_path / "exported"
+    assert cli.main(["export", "--run_dir", str(ppo_runs["sft"]), "--out", str(out), "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().out == f"wrote a standalone model to {out}\n"
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+
+
+def test_export_config_keys_and_errors(tmp_path, capsys):
+    config_file = tmp_path / "export.yaml"
+    config_file.write_text("out: somewhere\ndtype: float16\n")
+    config = load_config(export.ExportConfig, ["runs/ppo", "--config", str(config_file), "--dtype=float32"])
+    assert (config.run_dir, config.out, config.dtype) == ("runs/ppo", "somewhere", "float32")
+    assert load_config(export.ExportConfig, ["--run-dir", "r", "--out", "x"]).run_dir == "r"  # kebab-case too
+    with pytest.raises(ConfigError, match="out is not set"):
+        load_config(export.ExportConfig, ["runs/ppo"])
+    with pytest.raises(ConfigError, match="run_dir is not set"):
+        load_config(export.ExportConfig, ["--out", "x"])
+    with pytest.raises(ConfigError, match="dtype 'fp8' is not one of auto, bfloat16, float16, float32"):
+        load_config(export.ExportConfig, ["runs/ppo", "--out", "x", "--dtype", "fp8"])
+    assert cli.main(["export", "a", "b", "--out", "x"]) == 2
+    assert "unexpected argument 'b'" in capsys.readouterr().err
+    assert cli.main(["export", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "usage: RUN_DIR [--config FILE.yaml]" in text
+    for name in ("run_dir", "out", "dtype"):
+        assert f"--{name} (default " in text
+    assert "--dtype (default 'auto')" in text

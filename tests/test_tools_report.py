@@ -4,6 +4,7 @@ import matplotlib.image
 import pytest
 
 from rlhf import cli, report
+from rlhf.config import load_config
 from rlhf.errors import ConfigError
 from rlhf.runs import MetricsFile
 
@@ -50,3 +51,33 @@ def test_runs_without_known_metrics_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="none of"):
         report.plot_run(run)
     assert report.plot_run(run, metrics=("train/grad_norm",)) == ["train/grad_norm"]
+
+
+def test_run_dirs_first_then_keys_and_the_metrics_key(tmp_path, capsys):
+    a = _run(tmp_path / "a", [(1, {"train/loss": 1.0, "eval/loss": 2.0, "ppo/kl": 0.1})])
+    b = _run(tmp_path / "b", [(1, {"train/loss": 1.0, "eval/loss": 2.0})])
+    plots = tmp_path / "plots"
+    assert cli.main(["report", str(a), str(b), "--out", str(plots), "--metrics", "eval/loss,train/loss"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == f"{plots / 'a.png'}: eval/loss, train/loss\n{plots / 'b.png'}: eval/loss, train/loss\n"
+    assert cli.main(["report", "--run_dirs", str(a), "--metrics", "ppo/kl", "--metrics", "eval/loss"]) == 0
+    assert capsys.readouterr().out == f"{a / 'report.png'}: ppo/kl, eval/loss\n"
+    assert (a / "report.png").is_file()
+
+
+def test_report_config_and_errors(tmp_path, capsys):
+    config_file = tmp_path / "report.yaml"
+    config_file.write_text("run_dirs: [runs/sft, runs/ppo]\nmetrics: [ppo/kl]\n")
+    config = load_config(report.ReportConfig, ["--config", str(config_file)])
+    assert config.run_dirs == ["runs/sft", "runs/ppo"] and config.metrics == ["ppo/kl"] and config.out is None
+    assert load_config(report.ReportConfig, ["runs/x"]).metrics == list(report.METRICS)
+    with pytest.raises(ConfigError, match="run_dirs is not set"):
+        report.main(["--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="several run directories have the same name"):
+        report.main([str(tmp_path / "one" / "run"), str(tmp_path / "two" / "run"), "--out", str(tmp_path / "p")])
+    assert cli.main(["report", str(tmp_path), "--metric", "ppo/kl"]) == 2
+    assert "unknown config key 'metric'; did you mean 'metrics'" in capsys.readouterr().err
+    assert cli.main(["report", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name in ("run_dirs", "out", "metrics"):
+        assert f"--{name} (default " in text
