@@ -1,9 +1,6 @@
 """`rlhf score --model RUN_DIR --input FILE [--out FILE]`: reward scores for texts or preference pairs.
 
-Input rows: {"prompt", "response"} (scored as the reward stage renders them), {"text"} (scored verbatim), or
-preference pairs in any format reward.pairs reads (both responses scored, plus accuracy and mean margin).
-`load_reward_model` and `score_texts` are what PPO and evaluation use to score with a trained reward model.
-"""
+`load_reward_model` and `score_texts` are also what PPO and evaluation score with."""
 
 # No `from __future__ import annotations` here: rlhf.config reads the config's field types.
 
@@ -20,6 +17,9 @@ from rlhf.chat import check_prompt, check_response
 from rlhf.config import command_main, key
 from rlhf.errors import ConfigError, DataError
 from rlhf.models import disable_dropout, load_sequence_classifier, load_tokenizer, read_adapter_config, resolve
+
+# Input rows: {"prompt", "response"} (scored as the reward stage renders them), {"text"} (scored verbatim), or
+# preference pairs in any format reward.pairs reads (both responses scored, plus accuracy and mean margin).
 
 MARGIN_BUCKETS = (0.34, 0.67)  # label-export margins of one vote: 1/3 slight, 2/3 clear, 1 strong
 

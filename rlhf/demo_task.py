@@ -1,18 +1,5 @@
-"""The built-in demo task: a tiny request language, its data splits, and a simulated annotator.
-
-A user introduces themselves and asks about a coloured thing ("I am Anna. Describe a red apple.").
-Acceptable answers are built from a small grammar: an optional opener, a core sentence, an optional
-closer ("Sure! A red apple is sweet. Have fun!"). The hidden gold preference is that of a person who
-likes being addressed by name: among correct answers, one that uses the requester's name (in the
-opener or the closer) is better; a wrong answer (wrong colour or thing, an adjective that does not
-fit, someone else's name, anything outside the grammar) is worst. Every opener or closer with the
-name has a counterpart of the same shape without it ("Sure! ..." / "Sure, Anna! ..."), so length is
-not what the annotator rewards.
-
-A quarter of the demonstrations use the name, so a fine-tuned policy does so about as often and PPO
-has room to improve. `demo_files` builds the files shipped in configs/demo/; regenerate them with
-`python -m rlhf.demo_task --out configs/demo`.
-"""
+"""The built-in demo task: a tiny request language, its data splits, and a simulated annotator with a hidden
+preference (being addressed by name); `python -m rlhf.demo_task --out configs/demo` rebuilds the shipped files."""
 
 from __future__ import annotations
 
@@ -26,6 +13,15 @@ from typing import Any
 from rlhf.config import command_main, key
 from rlhf.datafiles import write_jsonl
 from rlhf.errors import ConfigError, RLHFError
+
+# A user introduces themselves and asks about a coloured thing ("I am Anna. Describe a red apple."). Acceptable
+# answers are built from a small grammar: an optional opener, a core sentence, an optional closer ("Sure! A red apple
+# is sweet. Have fun!"). The hidden gold preference is that of a person who likes being addressed by name: among
+# correct answers, one that uses the requester's name (in the opener or the closer) is better; a wrong answer (wrong
+# colour or thing, an adjective that does not fit, someone else's name, anything outside the grammar) is worst.
+# Every opener or closer with the name has a counterpart of the same shape without it ("Sure! ..." / "Sure, Anna!
+# ..."), so length is not what the annotator rewards. A quarter of the demonstrations use the name, so a fine-tuned
+# policy does so about as often and PPO has room to improve.
 
 SEED = 0
 NAME_RATE = 0.25  # share of demonstrations that address the requester by name

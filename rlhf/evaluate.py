@@ -1,16 +1,6 @@
 """`rlhf eval --policy RUN_DIR [--baseline RUN_DIR] --prompts FILE`: measure policies on held-out prompts.
 
-For each policy (and the baseline, sampled with the same seed): the mean reward-model score, the KL
-to its reference, the mean response length, distinct-1/2, and with a gold judge (a function
-`(prompt, response) -> float`, e.g. the demo's `rlhf.demo_task:gold_score`) the mean gold score and
-the policy's win rate over the baseline. Prints a markdown table; writes JSON (and the table) with --out.
-
-KL to the reference: the sum over response tokens of log p_policy - log p_ref on the policy's own
-samples (a Monte Carlo estimate of the sequence KL). The reference is the policy's base with its
-adapter disabled (for a PPO run, the SFT model), or `--reference`; a model without an adapter is its
-own reference. Log-probs are taken at the sampling temperature (at 1 for greedy decoding) and
-ignore top-p truncation, so with top_p < 1 the KL is that of the untruncated distributions.
-"""
+Reward-model score, KL to the reference, length, distinct-1/2, and with a gold judge the gold score and win rate."""
 
 # No `from __future__ import annotations` here: rlhf.config reads the config's field types.
 
@@ -25,6 +15,12 @@ from rlhf.chat import format_prompt
 from rlhf.config import command_main, import_function, key
 from rlhf.errors import ConfigError
 from rlhf.sampling import Sampling, sample_tokens
+
+# Each policy (and the baseline) is sampled with the same seed. KL to the reference: the sum over response tokens of
+# log p_policy - log p_ref on the policy's own samples (a Monte Carlo estimate of the sequence KL). The reference is
+# the policy's base with its adapter disabled (for a PPO run, the SFT model), or `reference`; a model without an
+# adapter is its own reference. Log-probs are taken at the sampling temperature (at 1 for greedy decoding) and ignore
+# top-p truncation, so with top_p < 1 the KL is that of the untruncated distributions.
 
 ROWS = (  # (result key, table label)
     ("reward_score", "reward-model score"),

@@ -1,9 +1,6 @@
 """`rlhf export RUN_DIR --out DIR`: a standalone model folder (safetensors + tokenizer) from a run.
 
-A LoRA run's `final/` is an adapter on a base model; export merges it into the base weights, so the
-result loads with plain `AutoModelForCausalLM.from_pretrained(DIR)` and needs neither peft nor the
-base. Prompt and prefix tuning add virtual tokens rather than weight deltas and cannot be merged.
-"""
+A LoRA adapter is merged into its base; prompt and prefix tuning add virtual tokens and cannot be merged."""
 
 # No `from __future__ import annotations` here: rlhf.config reads the config's field types.
 

@@ -1,7 +1,6 @@
 """`rlhf generate --model DIR_OR_RUN --prompt "..."`: print completions from a model, adapter or run directory.
 
-Prompts go through the model's chat template as one user turn (see rlhf.chat.format_prompt).
-"""
+Prompts go through the model's chat template as one user turn (see rlhf.chat.format_prompt)."""
 
 # No `from __future__ import annotations` here: rlhf.config reads the config's field types (str, list[str]).
 

@@ -1,8 +1,6 @@
 """`rlhf report RUN_DIR... [--out DIR]`: one PNG of training curves per run, from its metrics.jsonl.
 
-The metrics a run has decide the plots: PPO runs show score, reward, KL, value loss, entropy and
-response length; SFT and reward runs show their train/eval losses (and eval accuracy).
-"""
+The metrics a run logged decide the plots (PPO: score, reward, KL, value loss, entropy, length; SFT/reward: losses)."""
 
 # No `from __future__ import annotations` here: rlhf.config reads the config's field types (list[str]).
 

@@ -1,4 +1,4 @@
-"""Formatting prompts with the chat template and sampling completions (shared by every stage and tool)."""
+"""Sampling completions for label candidates, evaluation and `rlhf generate`, with the keys commands share."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""`rlhf tiny-model`: a randomly initialised Hugging Face model folder with an offline-trained tokenizer.
-
-Tests and the built-in demo use these instead of downloaded weights. The tokenizer is a byte-level
-BPE trained on text shipped with the package, so any string can be encoded; it has distinct
-pad/bos/eos/unk tokens, left padding, and a chat template whose assistant turns are wrapped in
-`{% generation %}` markers (what TRL's assistant-only loss needs).
-"""
+"""`rlhf tiny-model`: a randomly initialised model folder with an offline-trained tokenizer, for tests and the demo."""
 
 # No `from __future__ import annotations` here: rlhf.config reads the config's field types (str, list[str]).
 
@@ -14,6 +8,10 @@ from pathlib import Path
 
 from rlhf.config import command_main, key
 from rlhf.errors import ConfigError
+
+# The tokenizer is a byte-level BPE trained on text shipped with the package, so any string can be encoded; it has
+# distinct pad/bos/eos/unk tokens, left padding, and a chat template whose assistant turns are wrapped in
+# `{% generation %}` markers (what TRL's assistant-only loss needs).
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2", "gpt_neox")
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>"}
