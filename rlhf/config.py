@@ -101,12 +101,20 @@ def _yaml_list(raw: str) -> list | None:
     return value if isinstance(value, list) else None
 
 
+def _is_bool_type(tp) -> bool:
+    return tp is bool or (bool in typing.get_args(tp) and all(a in (bool, type(None)) for a in typing.get_args(tp)))
+
+
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")
+
+
 def parse_overrides(argv: list[str], types: dict[str, Any],
                     positional: tuple[str, ...] = ()) -> tuple[str | None, dict[str, Any]]:
-    """(`--config` path, {key: value}) from `[POSITIONAL ...] --config F --key value --key=value --flag`.
+    """(`--config` path, {key: value}) from `--config F --key value --key=value --flag` and bare POSITIONAL values.
 
-    `--some-key` is read as `some_key`; a list key given several times (`--prompt a --prompt b`) collects them, and
-    so does a list key named last in POSITIONAL with every leading argument left."""
+    `--some-key` is read as `some_key`; a yes/no key given bare (`--flag`) is true and takes a value only if it reads
+    as one (`--flag false`); a list key given several times (`--prompt a --prompt b`) collects them, and so does a
+    list key named last in POSITIONAL with every bare argument left. Bare arguments may stand anywhere."""
     config_path, overrides, i = None, {}, 0
     leading = list(positional)
 
@@ -120,31 +128,30 @@ def parse_overrides(argv: list[str], types: dict[str, Any],
 
     while i < len(argv):
         arg = argv[i]
+        i += 1
         if not arg.startswith("--"):
             if not leading:
-                names = f" (this command takes {', '.join(positional)} first)" if positional else ""
+                names = f" (this command takes {', '.join(positional)} without a key)" if positional else ""
                 raise ConfigError(f"unexpected argument '{arg}'{names}; options are written --key value")
             add(leading[0], arg)
             if not _is_list_type(types[leading[0]]):
                 leading.pop(0)
-            i += 1
             continue
-        leading = []
         key, eq, raw = arg[2:].partition("=")
         key = key.replace("-", "_")
+        if key != "config" and key not in types:
+            raise _unknown_key(key, types, "command line")
         if not eq:
-            nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if nxt is None or nxt.startswith("--"):
+            nxt = argv[i] if i < len(argv) else None
+            is_flag = key != "config" and _is_bool_type(types[key])
+            if nxt is None or nxt.startswith("--") or (is_flag and nxt.lower() not in BOOL_WORDS):
                 raw = "true"  # a bare --flag means true
             else:
                 raw, i = nxt, i + 1
-        i += 1
         if key == "config":
             config_path = raw
-            continue
-        if key not in types:
-            raise _unknown_key(key, types, "command line")
-        add(key, raw)
+        else:
+            add(key, raw)
     return config_path, overrides
 
 

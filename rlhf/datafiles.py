@@ -51,7 +51,7 @@ def read_splits(path: str | Path, bad_lines: list[DataError] | None = None) -> d
 def _read_jsonl(path: Path, bad_lines: list[DataError] | None = None) -> list[Row]:
     rows = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a leading BOM is no data
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(str(path), f"cannot read file: {e}") from e
     for number, line in enumerate(lines, start=1):
@@ -79,7 +79,7 @@ def _json_object(line: str, where: str) -> dict[str, Any]:
 
 def _read_json(path: Path) -> list[Row]:
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}", f"malformed JSON ({e.msg} at column {e.colno})") from e
     except (OSError, UnicodeDecodeError) as e:
@@ -110,7 +110,7 @@ def _decode_cell(value: str) -> Any:
 
 def _read_csv(path: Path) -> list[Row]:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             rows = []
             for record in reader:

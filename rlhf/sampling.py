@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from rlhf.chat import Prompt, format_prompt
 from rlhf.config import key
@@ -44,21 +42,6 @@ class Sampling:
 
     def sampling(self) -> Sampling:
         return Sampling(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Sampling)})
-
-
-def add_sampling_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-    """--n --max-new-tokens --temperature --top-p --seed --batch-size, with per-command defaults."""
-    d = {**Sampling().__dict__, **defaults}
-    parser.add_argument("--n", type=int, default=d["n"], help="completions per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
-    parser.add_argument("--temperature", type=float, default=d["temperature"], help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=d["top_p"])
-    parser.add_argument("--seed", type=int, default=d["seed"])
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="sequences generated at once")
-
-
-def sampling_from_args(args: argparse.Namespace) -> Sampling:
-    return Sampling(args.n, args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
 
 
 def load_for_generation(path_or_name: str):

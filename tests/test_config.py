@@ -64,7 +64,12 @@ def test_command_line_values_keep_their_type_and_text():
                                             "--max-new-tokens", "5"])
     assert generate.prompt == ["Q: a: b", "[draft] hi"] and generate.max_new_tokens == 5
     assert load_config(GenerateConfig, ["--model", "m", "--prompt", "[a, b]"]).prompt == ["a", "b"]
-    assert load_config(ReportConfig, ["r1", "r2", "--out", "x"]).run_dirs == ["r1", "r2"]
+    assert load_config(ReportConfig, ["r1", "--out", "x", "r2"]).run_dirs == ["r1", "r2"]  # bare values anywhere
+    from reward.labeling.commands import AddAnnotatorConfig
+
+    admin = load_config(AddAnnotatorConfig, ["--admin", "alice"])  # a yes/no key takes no name as its value
+    assert (admin.name, admin.admin) == ("alice", True)
+    assert load_config(AddAnnotatorConfig, ["alice", "--admin", "false"]).admin is False
     with pytest.raises(ConfigError, match=r"--n '\[1,' is not a valid value"):
         load_config(GenerateConfig, ["--model", "m", "--prompt", "p", "--n", "[1,"])
     with pytest.raises(ConfigError, match="unexpected argument 'stray'"):

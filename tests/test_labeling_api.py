@@ -7,8 +7,9 @@ import sqlite3
 import pytest
 from fastapi.testclient import TestClient
 
+from reward.labeling.records import LabelPair
 from reward.labeling.server import create_app
-from reward.labeling.store import Pair, Store
+from reward.labeling.store import Store
 
 
 def _bearer(token):
@@ -18,7 +19,7 @@ def _bearer(token):
 @pytest.fixture
 def store(tmp_path):
     store = Store(tmp_path / "labels.sqlite")
-    store.add_pairs([Pair(f"prompt {i}", f"answer A{i}", f"answer B{i}", id=f"p{i}") for i in range(4)])
+    store.add_pairs([LabelPair(f"prompt {i}", f"answer A{i}", f"answer B{i}", id=f"p{i}") for i in range(4)])
     return store
 
 
@@ -53,12 +54,12 @@ def _labels(store):
 
 
 ENDPOINTS = [("get", "/api/me"), ("get", "/api/next"), ("post", "/api/labels"), ("get", "/api/guidelines"),
-             ("get", "/api/export")]
+             ("get", "/api/export"), ("get", "/api/history"), ("put", "/api/labels/1")]
 
 
 @pytest.mark.parametrize("method,path", ENDPOINTS)
 def test_no_token_or_wrong_token_gets_401(client, method, path):
-    body = {"json": {"pair_id": "p0", "choice": "left"}} if method == "post" else {}
+    body = {"json": {"pair_id": "p0", "choice": "left"}} if method in ("post", "put") else {}
     for headers in ({}, _bearer("not-a-token"), {"Authorization": "Basic abc"}):
         response = getattr(client, method)(path, headers=headers, **body)
         assert response.status_code == 401, (headers, response.text)
@@ -66,7 +67,7 @@ def test_no_token_or_wrong_token_gets_401(client, method, path):
 
 
 def test_admin_endpoints_are_403_for_annotators(client, tokens):
-    for path in ("/api/export", "/api/stats", "/api/annotators"):
+    for path in ("/api/export", "/api/stats", "/api/annotators", "/api/disagreements"):
         assert client.get(path, headers=_bearer(tokens["ann"])).status_code == 403
         assert client.get(path, headers=_bearer(tokens["admin"])).status_code == 200
     names = [a["name"] for a in client.get("/api/annotators", headers=_bearer(tokens["admin"])).json()]
@@ -114,7 +115,7 @@ def test_queue_serves_least_labeled_pair_and_reserves_it(client, store, tokens):
 def test_expired_reservation_frees_the_pair(tmp_path):
     store = Store(tmp_path / "labels.sqlite", reserve_seconds=-1)  # every reservation is already over
     store.set_overlap(1)
-    store.add_pairs([Pair("q", "x", "y", id="only")])
+    store.add_pairs([LabelPair("q", "x", "y", id="only")])
     for name in ("ann", "bob"):
         store.add_annotator(name)
     ann, bob = store.annotator_by_name("ann"), store.annotator_by_name("bob")
@@ -131,7 +132,7 @@ def test_shown_order_is_recorded_and_choice_mapped_to_the_underlying_response(cl
         if pair is None:
             break
         assert response.status_code == 201
-        seen.append(("ab" if pair["left"].startswith("answer A") else "ba"))
+        seen.append("ab" if pair["left"].startswith("answer A") else "ba")
     labels = _labels(store)
     assert [row[4] for row in labels] == seen
     assert set(seen) == {"ab", "ba"}  # both orders occur
@@ -175,12 +176,15 @@ def test_skip_is_recorded_and_does_not_use_up_the_overlap(client, store, tokens)
     assert client.get("/api/next", headers=_bearer(tokens["bob"])).json()["pair"]["id"] == pair["id"]
 
 
-def test_labels_are_append_only(client, store, tokens):
-    _label(client, tokens["ann"])
+def test_labels_and_their_edits_are_append_only(client, store, tokens):
+    _, response = _label(client, tokens["ann"])
+    client.put(f"/api/labels/{response.json()['label_id']}", headers=_bearer(tokens["ann"]), json={"choice": "tie"})
     with sqlite3.connect(store.path) as conn:
-        for statement in ("UPDATE labels SET choice = 'b'", "DELETE FROM labels"):
+        for statement in ("UPDATE labels SET choice = 'b'", "DELETE FROM labels",
+                          "UPDATE label_edits SET choice = 'b'", "DELETE FROM label_edits"):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 conn.execute(statement)
+        assert conn.execute("SELECT COUNT(*) FROM label_edits").fetchone() == (1,)
     assert len(_labels(store)) == 1
 
 
@@ -263,3 +267,113 @@ def test_export_and_stats_over_http_on_hand_made_votes(client, store, tokens):
         "bob": {"agreement": 0.5, "pairs": 2},
         "cid": {"agreement": pytest.approx(1 / 3), "pairs": 3},
     }
+
+
+def test_a_long_pair_id_cannot_strand_an_annotator(tmp_path):
+    """Import refuses what the API would refuse; the store refuses it too, so /api/next can never serve one."""
+    from reward.labeling.records import MAX_ID_CHARS, LabelingError
+
+    store = Store(tmp_path / "labels.sqlite")
+    with pytest.raises(LabelingError, match=f"at most {MAX_ID_CHARS}|longer than {MAX_ID_CHARS}"):
+        store.add_pairs([LabelPair("q", "x", "y", id="x" * (MAX_ID_CHARS + 1))])
+    longest = "x" * MAX_ID_CHARS
+    store.add_pairs([LabelPair("q", "x", "y", id=longest)])
+    token = store.add_annotator("ann")
+    client = TestClient(create_app(store, ""))
+    pair, response = _label(client, token, "skip", reason="unsure")
+    assert pair["id"] == longest and response.status_code == 201
+
+
+BAD_BODIES = [
+    '{"pair_id": "p0", "choice": "left", "time_ms": NaN}',
+    '{"pair_id": "p0", "choice": "left", "time_ms": Infinity}',
+    '{"pair_id": "p0", "choice": "left", "time_ms": 1e30}',
+    '{"pair_id": "p0", "choice": "left", "time_ms": 9223372036854775808}',
+    '{"pair_id": "p0", "choice": "left", "strength": NaN}',
+    '{"pair_id": "p0", "choice": "left", "strength": "2"}',
+    '{"pair_id": "p0", "choice": "left", "strength": true}',
+    '{"pair_id": "p0", "choice": "skip", "reason": "\\ud800"}',
+    '{"pair_id": "\\ud800", "choice": "left"}',
+    '{"pair_id": "p0", "choice": "left", "\\ud800": 1}',
+    '{"pair_id": "p0", "choice": "left"',
+    '[1, 2]',
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+def test_bad_bodies_get_a_json_4xx_with_the_security_headers(client, store, tokens, body):
+    client.get("/api/next", headers=_bearer(tokens["ann"]))  # p0 is assigned, so only the body can be wrong
+    response = client.post("/api/labels", headers={**_bearer(tokens["ann"]), "Content-Type": "application/json"},
+                           content=body.encode())
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/json" and "detail" in response.json()
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert _labels(store) == []
+
+
+def test_an_internal_error_is_a_json_500_with_the_security_headers(store, tokens, monkeypatch):
+    monkeypatch.setattr(store, "progress", lambda annotator_id: 1 / 0)
+    response = TestClient(create_app(store, ""), raise_server_exceptions=False).get(
+        "/api/me", headers=_bearer(tokens["ann"]))
+    assert (response.status_code, response.json()) == (500, {"detail": "internal server error"})
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_head_of_the_page_and_a_favicon(client):
+    head = client.head("/")
+    assert head.status_code == 200 and head.headers["content-type"].startswith("text/html")
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+
+
+def test_edit_keeps_one_current_vote_and_the_history(client, store, tokens):
+    store.set_overlap(1)
+    pair, response = _label(client, tokens["ann"], "left", strength=1)
+    label_id = response.json()["label_id"]
+    history = client.get("/api/history", headers=_bearer(tokens["ann"])).json()["labels"]
+    assert [(h["label_id"], h["id"], h["choice"], h["strength"], h["left"]) for h in history] == [
+        (label_id, pair["id"], "left", 1, pair["left"])]
+    edit = client.put(f"/api/labels/{label_id}", headers=_bearer(tokens["ann"]),
+                      json={"choice": "right", "strength": 3, "reason": "misread A", "time_ms": 50})
+    assert edit.status_code == 200 and edit.json()["progress"]["labeled"] == 1
+    assert client.get("/api/history", headers=_bearer(tokens["ann"])).json()["labels"][0]["choice"] == "right"
+    (vote,) = store.votes()
+    shown_order = _labels(store)[0][4]
+    assert (vote.choice, vote.strength) == ("b" if shown_order == "ab" else "a", 3)
+    with sqlite3.connect(store.path) as conn:  # the first vote is kept, unchanged, under the edit
+        assert conn.execute("SELECT strength FROM labels").fetchall() == [(1,)]
+        assert conn.execute("SELECT reason FROM label_edits").fetchall() == [("misread A",)]
+    other = client.put(f"/api/labels/{label_id}", headers=_bearer(tokens["bob"]), json={"choice": "tie"})
+    assert other.status_code == 404  # nobody edits another annotator's label
+    huge = client.put(f"/api/labels/{2**63}", headers=_bearer(tokens["ann"]), json={"choice": "tie"})
+    assert huge.status_code == 422
+    skip = client.put(f"/api/labels/{label_id}", headers=_bearer(tokens["ann"]), json={"choice": "skip"})
+    assert skip.status_code == 422  # an edit is checked like a new label
+
+
+def test_a_revoked_or_rotated_token_stops_working_at_once(client, store, tokens):
+    assert client.get("/api/me", headers=_bearer(tokens["ann"])).status_code == 200
+    store.revoke_annotator("ann")
+    assert client.get("/api/next", headers=_bearer(tokens["ann"])).status_code == 401
+    new = store.rotate_token("bob")
+    assert client.get("/api/me", headers=_bearer(tokens["bob"])).status_code == 401
+    assert client.get("/api/me", headers=_bearer(new)).json()["name"] == "bob"
+
+
+def test_admin_figures_match_the_stats_command(client, store, tokens, capsys):
+    from rlhf.cli import main as rlhf
+
+    store.set_overlap(3)
+    for name, votes in VOTES.items():
+        _cast(client, tokens[name], votes)
+    admin = _bearer(tokens["admin"])
+    assert rlhf(["label", "stats", "--db", str(store.path), "--json"]) == 0
+    assert client.get("/api/stats", headers=admin).json() == json.loads(capsys.readouterr().out)
+    table = {a["name"]: a for a in client.get("/api/annotators", headers=admin).json()}
+    assert (table["ann"]["labeled"], table["ann"]["skipped"], table["admin"]["labeled"]) == (4, 0, 0)
+    review = client.get("/api/disagreements", headers=admin).json()
+    assert [(r["pair_id"], r["votes"]) for r in review] == [
+        ("p0", {"a": 2, "b": 1}), ("p2", {"tie": 2, "a": 1}), ("p3", {"both_bad": 2, "a": 1})]
+    raw = client.get("/api/export", headers=admin, params={"raw": "true"}).text.splitlines()
+    assert len(raw) == 12 and {json.loads(line)["annotator"] for line in raw} == {"ann", "bob", "cid"}
+    assert client.get("/admin").status_code == 200

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reward.labeling.store import Pair, Store
+from reward.labeling.records import LabelPair
+from reward.labeling.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +55,11 @@ def running_server(db: Path, overlap: int):
         process.wait(timeout=10)
 
 
-def _annotate(url: str, token: str, acks: list, stop_on_disconnect: bool = False) -> None:
-    """Label this annotator's whole queue; record (pair_id, label_id) for each acknowledged label."""
+def _annotate(url: str, token: str, acks: list, edits: list | None = None, stop_on_disconnect: bool = False) -> None:
+    """Label this annotator's whole queue; record (pair_id, label_id) for each acknowledged label.
+
+    With an `edits` list, every fourth label also goes back (as Backspace does) and changes the previous
+    one to "both_bad"; each acknowledged edit's label id is recorded."""
     rng = random.Random(token)
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
         while True:
@@ -65,6 +69,10 @@ def _annotate(url: str, token: str, acks: list, stop_on_disconnect: bool = False
                     return
                 body = {"pair_id": pair["id"], "choice": rng.choice(["left", "right", "tie"]), "time_ms": 1}
                 label = client.post("/api/labels", json=body).raise_for_status().json()
+                if edits is not None and len(acks) % 4 == 3:
+                    previous = client.get("/api/history", params={"limit": 2}).raise_for_status().json()["labels"][1]
+                    client.put(f"/api/labels/{previous['label_id']}", json={"choice": "both_bad"}).raise_for_status()
+                    edits.append(previous["label_id"])
             except httpx.TransportError:
                 if stop_on_disconnect:
                     return
@@ -72,14 +80,14 @@ def _annotate(url: str, token: str, acks: list, stop_on_disconnect: bool = False
             acks.append((pair["id"], label["label_id"]))
 
 
-def _run_annotators(url, tokens, stop_on_disconnect=False):
+def _run_annotators(url, tokens, edits=None, stop_on_disconnect=False):
     """One thread per token; returns the acknowledgements of each and the exceptions raised."""
     acks = {token: [] for token in tokens}
     errors = []
 
     def work(token):
         try:
-            _annotate(url, token, acks[token], stop_on_disconnect)
+            _annotate(url, token, acks[token], edits, stop_on_disconnect)
         except Exception as e:  # reported by the test, not lost in the thread
             errors.append(e)
 
@@ -91,7 +99,7 @@ def _run_annotators(url, tokens, stop_on_disconnect=False):
 
 def _setup(tmp_path, n_pairs, n_annotators):
     store = Store(tmp_path / "labels.sqlite")
-    store.add_pairs([Pair(f"prompt {i}", f"a{i}", f"b{i}", id=f"p{i}") for i in range(n_pairs)])
+    store.add_pairs([LabelPair(f"prompt {i}", f"a{i}", f"b{i}", id=f"p{i}") for i in range(n_pairs)])
     tokens = [store.add_annotator(f"ann{i}") for i in range(n_annotators)]
     return store.path, tokens
 
@@ -99,11 +107,14 @@ def _setup(tmp_path, n_pairs, n_annotators):
 @pytest.mark.slow
 def test_twenty_annotators_in_parallel_lose_and_duplicate_nothing(tmp_path):
     db, tokens = _setup(tmp_path, n_pairs=50, n_annotators=20)
+    edits = []
     with running_server(db, overlap=20) as (url, _):
-        threads, acks, errors = _run_annotators(url, tokens)
+        threads, acks, errors = _run_annotators(url, tokens, edits)
+        in_url = httpx.get(f"{url}/api/next", params={"token": tokens[0]})  # a token in a URL: refused, not logged
         for thread in threads:
             thread.join(timeout=120)
     assert not errors, errors
+    assert in_url.status_code == 401
     assert all(len(a) == 50 for a in acks.values())  # everyone labeled every pair once
     label_ids = [label_id for a in acks.values() for _, label_id in a]
     assert len(set(label_ids)) == 1000
@@ -113,9 +124,14 @@ def test_twenty_annotators_in_parallel_lose_and_duplicate_nothing(tmp_path):
         ).fetchone()
         assert (rows, distinct) == (1000, 1000)
         per_pair = conn.execute("SELECT COUNT(*) FROM labels GROUP BY pair_id").fetchall()
+        edited = conn.execute("SELECT label_id, choice FROM label_edits ORDER BY label_id").fetchall()
+        current = conn.execute("SELECT COUNT(*), SUM(choice = 'both_bad') FROM current_labels").fetchone()
     assert per_pair == [(20,)] * 50
+    assert len(edits) == 20 * 12 and sorted(edits) == [label_id for label_id, _ in edited]  # each edit stored once
+    assert {choice for _, choice in edited} == {"both_bad"} and current == (1000, len(edits))
     log = db.with_suffix(".log").read_text()
     assert "POST /api/labels" in log and not any(token in log for token in tokens)  # requests logged, tokens not
+    assert '"GET /api/next" 401' in log and "token=" not in log  # never a query string
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")

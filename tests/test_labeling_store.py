@@ -9,8 +9,9 @@ import pytest
 
 from reward.labeling.export import aggregate
 from reward.labeling.importing import read_pairs
+from reward.labeling.records import LabelingError, LabelPair, Vote
 from reward.labeling.simulate import simulate_annotators
-from reward.labeling.store import LabelingError, Pair, Store, Vote
+from reward.labeling.store import Store
 from rlhf.cli import main as rlhf
 from rlhf.errors import DataError
 
@@ -63,18 +64,21 @@ def test_import_keeps_chat_prompts_and_is_idempotent(tmp_path, capsys):
                                                            "model_a": "sft", "model_b": "ppo", "id": 7}])
     db = tmp_path / "l.sqlite"
     assert rlhf(["label", "import", "--db", str(db), str(path)]) == 0
-    assert rlhf(["label", "import", "--db", str(db), str(path)]) == 0
-    assert "added 0 pairs" in capsys.readouterr().out.splitlines()[-1]
+    assert rlhf(["label", "import", str(path), "--db", str(db)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3:] == [f"added 0 pairs from {path} (2 already in {db})",
+                        f"  {path}:1: already in as '{LabelPair('Hi', 'Hello!', 'Go away.').key()}'",
+                        f"  {path}:2: already in as '7'"]
     pairs = Store(db).pairs()
     assert len(pairs) == 2
-    assert pairs["7"] == Pair(chat, "4", "5", "sft", "ppo", "7")
+    assert pairs["7"] == LabelPair(chat, "4", "5", "sft", "ppo", "7")
 
 
 def test_conflicting_pair_id_is_refused(tmp_path):
     store = Store(tmp_path / "l.sqlite")
-    store.add_pairs([Pair("q", "a", "b", id="x")])
-    with pytest.raises(LabelingError, match="already in the database with different content"):
-        store.add_pairs([Pair("q", "a", "changed", id="x")])
+    store.add_pairs([LabelPair("q", "a", "b", id="x")])
+    with pytest.raises(LabelingError, match=r"pair id 'x' is already in .*l.sqlite with different content"):
+        store.add_pairs([LabelPair("q", "a", "changed", id="x")])
 
 
 def test_store_refuses_to_create_for_read_only_commands(tmp_path, capsys):
@@ -97,7 +101,7 @@ def test_add_annotator_prints_a_token_and_stores_only_its_hash(tmp_path, capsys)
 
 # --- export: pure aggregation over hand-made votes ---
 
-PAIRS = {f"p{i}": Pair(f"q{i}", f"A{i}", f"B{i}", id=f"p{i}") for i in range(5)}
+PAIRS = {f"p{i}": LabelPair(f"q{i}", f"A{i}", f"B{i}", id=f"p{i}") for i in range(5)}
 
 
 def _votes(pair_id, *choices):
@@ -160,7 +164,7 @@ def test_simulated_annotators_label_through_the_queue_and_export(tmp_path, capsy
     db = tmp_path / "l.sqlite"
     store = Store(db)
     store.set_overlap(3)
-    store.add_pairs([Pair(f"q{i}", "short", "a much longer answer " * (i + 1), id=f"p{i}") for i in range(6)])
+    store.add_pairs([LabelPair(f"q{i}", "short", "a much longer answer " * (i + 1), id=f"p{i}") for i in range(6)])
     assert simulate_annotators(db, prefer_longer, n_annotators=3, noise=0.0, seed=0) == 18
     with sqlite3.connect(db) as conn:
         orders = {row[0] for row in conn.execute("SELECT shown_order FROM labels")}
@@ -188,7 +192,7 @@ def test_simulate_command_with_noise_uses_the_rule(tmp_path, capsys, monkeypatch
     module.prefer_longer = prefer_longer
     monkeypatch.setitem(sys.modules, "judges_for_test", module)
     db = tmp_path / "l.sqlite"
-    Store(db).add_pairs([Pair(f"q{i}", "x", "yy", id=f"p{i}") for i in range(40)])
+    Store(db).add_pairs([LabelPair(f"q{i}", "x", "yy", id=f"p{i}") for i in range(40)])
     argv = ["label", "simulate", "--db", str(db), "--annotators", "2", "--rule", "judges_for_test:prefer_longer"]
     assert rlhf(argv + ["--noise", "0.5", "--seed", "1"]) == 0
     assert "2 simulated annotators wrote 80 labels" in capsys.readouterr().out
@@ -228,21 +232,22 @@ def test_generate_samples_pairs_from_a_policy(tmp_path, monkeypatch, capsys):
 
 def test_export_is_accepted_by_the_reward_stage(tmp_path):
     from reward.labeling.export import export_file
-    from reward.pairs import load_pairs
+    from reward.pairs import load_pair_splits
 
     db = tmp_path / "l.sqlite"
     store = Store(db)
     store.set_overlap(2)
     chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Rate my poem."}]
     store.add_pairs([
-        Pair("Say hi", "hi", "hello there", id="plain"),
-        Pair(chat, "It rhymes nicely.", "No.", id="chat"),
-        Pair("Pick", "same", "emas", id="tie"),  # equal lengths: the judge says tie
+        LabelPair("Say hi", "hi", "hello there", id="plain"),
+        LabelPair(chat, "It rhymes nicely.", "No.", id="chat"),
+        LabelPair("Pick", "same", "emas", id="tie"),  # equal lengths: the judge says tie
     ])
     simulate_annotators(db, prefer_longer, n_annotators=2)
     out = tmp_path / "prefs.jsonl"
     result = export_file(store, out, min_votes=2, keep_ties=True)
-    loaded, dropped = load_pairs(out)
+    splits, dropped = load_pair_splits(out)
+    loaded = splits["train"]
     assert not dropped
     assert [(p.prompt, p.chosen, p.rejected, p.margin) for p in loaded] == [
         (r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in result.records

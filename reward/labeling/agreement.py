@@ -1,14 +1,12 @@
 """Inter-annotator agreement on nominal labels: Cohen's kappa, Krippendorff's alpha, agreement with the majority.
 
-Pure functions on plain values so that they can be checked against hand-computed numbers. Each returns
-None where the statistic is undefined (no data, or no variation to measure agreement against).
-"""
+Pure functions checked against hand-computed numbers; None where a statistic is undefined."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
-from typing import Hashable, Iterable, Mapping, Sequence
 
 
 def cohen_kappa(x: Sequence[Hashable], y: Sequence[Hashable]) -> float | None:

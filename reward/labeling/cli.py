@@ -1,156 +1,163 @@
-"""`rlhf label ...`: serve the labeling page, fill the store, add annotators, export votes, report agreement."""
+"""`rlhf label ...`: serve the labeling page, fill the store, manage annotators, export votes, report agreement."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
+from reward.labeling import commands as c
 from reward.labeling.store import Store
+from rlhf.config import command_main, import_function
 from rlhf.errors import ConfigError
-from rlhf.sampling import add_sampling_args, sampling_from_args
 
 DEFAULT_GUIDELINES = Path(__file__).resolve().parent / "guidelines.md"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SHOW_PRESENT = 10  # lines of already-present pairs an import names before summarising the rest
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf label", description="Human preference labeling.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("--db", default="labels.sqlite", help="labeling database (default: labels.sqlite)")
-        return sub
-
-    serve = command("serve", "serve the labeling page and its API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--guidelines", type=Path, help="markdown file shown to annotators")
-    serve.add_argument("--overlap", type=int, help="annotators per pair (K); stored in the database")
-
-    load = command("import", "add pairs from a JSONL/JSON/CSV/Parquet file")
-    load.add_argument("file", type=Path)
-
-    gen = command("generate", "sample responses from a policy and add them as pairs")
-    gen.add_argument("--model", required=True, help="run directory or model name")
-    gen.add_argument("--prompts", required=True, type=Path, help="file with a 'prompt' field per row")
-    add_sampling_args(gen, n=2, max_new_tokens=256)  # each two distinct completions of a prompt make a pair
-
-    add = command("add-annotator", "create an annotator and print their token (shown only once)")
-    add.add_argument("name")
-    add.add_argument("--admin", action="store_true", help="may export, see stats and list annotators over HTTP")
-
-    export = command("export", "write preference pairs for the reward stage")
-    export.add_argument("--out", required=True, type=Path)
-    export.add_argument("--min-votes", type=int, default=1, help="leave out pairs with fewer votes (default 1)")
-    export.add_argument("--keep-ties", action="store_true", help="write tied pairs in both orders with margin 0")
-    export.add_argument("--keep-both-bad", action="store_true", help="write both-bad pairs like ties")
-
-    stats = command("stats", "labels per annotator and inter-annotator agreement")
-    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-    simulate = command("simulate", "label pending pairs with simulated annotators")
-    simulate.add_argument("--annotators", type=int, default=3)
-    simulate.add_argument("--rule", required=True, help="MODULE:FUNCTION judge(prompt, a, b) -> 'a'|'b'|'tie'")
-    simulate.add_argument("--noise", type=float, default=0.0, help="probability of a coin-flip answer")
-    simulate.add_argument("--seed", type=int, default=0)
-    return parser
-
-
-def _read_guidelines(path: Path | None) -> str:
+def _read_guidelines(path: str | None) -> str:
     if path is None:
         return DEFAULT_GUIDELINES.read_text(encoding="utf-8")
     try:
-        return path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--guidelines {path}: cannot read: {e}") from e
 
 
-def _serve(args) -> int:
+def _serve(config: c.ServeConfig) -> int:
     import uvicorn
 
+    from reward.labeling.middleware import ACCESS_LOG
     from reward.labeling.server import create_app
 
-    store = Store(args.db)
-    if args.overlap is not None:
-        store.set_overlap(args.overlap)
-    app = create_app(store, _read_guidelines(args.guidelines))
-    print(f"labeling {args.db} (overlap {store.overlap()}) at http://{args.host}:{args.port}/", file=sys.stderr)
-    if args.host not in LOOPBACK:
+    store = Store(config.db, create=False)
+    if config.overlap is not None:
+        store.set_overlap(config.overlap)
+    app = create_app(store, _read_guidelines(config.guidelines))
+    print(f"labeling {config.db} (overlap {store.overlap()}) at http://{config.host}:{config.port}/"
+          f" (admin page: /admin)", file=sys.stderr)
+    if config.host not in LOOPBACK:
         print("note: this is plain HTTP; put it behind an HTTPS reverse proxy before others reach it", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, server_header=False)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    ACCESS_LOG.addHandler(handler)
+    ACCESS_LOG.setLevel(logging.INFO)
+    # uvicorn's own access log prints query strings; ours (middleware.AccessLog) never does
+    uvicorn.run(app, host=config.host, port=config.port, server_header=False, access_log=False)
     return 0
 
 
-def _import(args) -> int:
+def _report_added(added: int, present_at: list[tuple[str, str]], source: str, db: str) -> None:
+    print(f"added {added} pairs from {source} ({len(present_at)} already in {db})")
+    for where, pair_id in present_at[:SHOW_PRESENT]:
+        print(f"  {where}: already in as '{pair_id}'")
+    if len(present_at) > SHOW_PRESENT:
+        print(f"  ... and {len(present_at) - SHOW_PRESENT} more")
+
+
+def _import(config: c.ImportConfig) -> int:
     from reward.labeling.importing import read_pairs
 
-    pairs = read_pairs(args.file)
-    added, present = Store(args.db).add_pairs(pairs)
-    print(f"added {added} pairs from {args.file} ({present} already in {args.db})")
+    pairs = read_pairs(config.file)
+    present_at: list[tuple[str, str]] = []
+    added, _ = Store(config.db).add_pairs(pairs, present_at)
+    _report_added(added, present_at, config.file, config.db)
     return 0
 
 
-def _generate(args) -> int:
+def _generate(config: c.GenerateConfig) -> int:
     from reward.labeling.generate import generate_pairs
 
-    pairs, dropped = generate_pairs(args.model, args.prompts, sampling_from_args(args))
-    added, present = Store(args.db).add_pairs(pairs)
+    pairs, dropped = generate_pairs(config.model, config.prompts, config.sampling())
+    added, present = Store(config.db).add_pairs(pairs)
     print(f"added {added} pairs ({present} already present; {dropped} empty or repeated completions left out)")
     return 0
 
 
-def _add_annotator(args) -> int:
-    token = Store(args.db).add_annotator(args.name, args.admin)
-    role = "admin" if args.admin else "annotator"
-    print(f"{role} '{args.name}' created; their token (store it now, it is not kept):", file=sys.stderr)
+def _add_annotator(config: c.AddAnnotatorConfig) -> int:
+    token = Store(config.db).add_annotator(config.name, config.admin)
+    role = "admin" if config.admin else "annotator"
+    print(f"{role} '{config.name}' created; their token (store it now, it is not kept):", file=sys.stderr)
     print(token)
     return 0
 
 
-def _export(args) -> int:
-    from reward.labeling.export import export_file
-
-    result = export_file(
-        Store(args.db, create=False),
-        args.out,
-        min_votes=args.min_votes,
-        keep_ties=args.keep_ties,
-        keep_both_bad=args.keep_both_bad,
-    )
-    print(f"{result.summary()}\nwrote {args.out}")
+def _annotators(config: c.AnnotatorsConfig) -> int:
+    store = Store(config.db, create=False)
+    if config.action == "revoke":
+        store.revoke_annotator(config.name)
+        print(f"revoked '{config.name}': their token no longer works (their labels stay)")
+    elif config.action == "rotate":
+        token = store.rotate_token(config.name)
+        print(f"new token for '{config.name}' (the old one no longer works; store it now):", file=sys.stderr)
+        print(token)
+    else:
+        print(f"{'name':<20} {'role':<9} {'status':<8} {'labeled':>7} {'skipped':>7} {'edits':>5} {'median s':>8}")
+        for a in store.annotator_table():
+            median = "-" if a["median_seconds"] is None else f"{a['median_seconds']:.1f}"
+            print(f"{a['name']:<20} {'admin' if a['is_admin'] else 'annotator':<9} "
+                  f"{'revoked' if a['revoked'] else 'active':<8} {a['labeled']:>7} {a['skipped']:>7} "
+                  f"{a['edits']:>5} {median:>8}")
     return 0
 
 
-def _stats(args) -> int:
+def _export(config: c.ExportConfig) -> int:
+    from reward.labeling.export import export_file, export_raw
+
+    store = Store(config.db, create=False)
+    if config.raw:
+        print(f"exported {export_raw(store, config.out, config.force)} votes\nwrote {config.out}")
+        return 0
+    result = export_file(store, config.out, config.force, min_votes=config.min_votes, keep_ties=config.keep_ties,
+                         keep_both_bad=config.keep_both_bad)
+    print(f"{result.summary()}\nwrote {config.out}")
+    return 0
+
+
+def _stats(config: c.StatsConfig) -> int:
     from reward.labeling.stats import compute_stats, format_stats
 
-    stats = compute_stats(Store(args.db, create=False))
-    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    stats = compute_stats(Store(config.db, create=False))
+    print(json.dumps(stats, indent=2) if config.json else format_stats(stats))
     return 0
 
 
-def _simulate(args) -> int:
-    from reward.labeling.simulate import load_rule, simulate_annotators
+def _simulate(config: c.SimulateConfig) -> int:
+    from reward.labeling.simulate import simulate_annotators
 
-    written = simulate_annotators(args.db, load_rule(args.rule), args.annotators, args.noise, args.seed)
-    print(f"{args.annotators} simulated annotators wrote {written} labels")
+    judge = import_function(config.rule, "rule")
+    written = simulate_annotators(config.db, judge, config.annotators, config.noise, config.seed)
+    print(f"{config.annotators} simulated annotators wrote {written} labels")
     return 0
 
 
-HANDLERS = {
-    "serve": _serve,
-    "import": _import,
-    "generate": _generate,
-    "add-annotator": _add_annotator,
-    "export": _export,
-    "stats": _stats,
-    "simulate": _simulate,
+SUBCOMMANDS = {
+    "serve": (c.ServeConfig, _serve),
+    "import": (c.ImportConfig, _import),
+    "generate": (c.GenerateConfig, _generate),
+    "add-annotator": (c.AddAnnotatorConfig, _add_annotator),
+    "annotators": (c.AnnotatorsConfig, _annotators),
+    "export": (c.ExportConfig, _export),
+    "stats": (c.StatsConfig, _stats),
+    "simulate": (c.SimulateConfig, _simulate),
 }
 
 
+def _usage() -> str:
+    lines = ["usage: rlhf label COMMAND [ARGS]", "", "Human preference labeling.", "", "commands:"]
+    lines += [f"  {name:<14} {cls.__doc__.strip()}" for name, (cls, _) in SUBCOMMANDS.items()]
+    lines += ["", "Run `rlhf label COMMAND --help` for a command's keys."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    return HANDLERS[args.command](args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        raise ConfigError(f"rlhf label: unknown command '{name}' (one of {', '.join(SUBCOMMANDS)})")
+    cls, run = SUBCOMMANDS[name]
+    return command_main(rest, cls, f"rlhf label {name}: {cls.__doc__.strip()}", run)

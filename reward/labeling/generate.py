@@ -1,7 +1,5 @@
-"""Sample responses from a policy and turn them into pairs to label.
-
-Every two distinct completions of a prompt make one pair: n=2 gives (at most) one pair per prompt, n=4 six.
-"""
+"""Sample responses from a policy and turn them into pairs to label: every two distinct completions of a prompt
+make one pair (n=2 gives at most one pair per prompt, n=4 six)."""
 
 from __future__ import annotations
 
@@ -9,13 +7,13 @@ from itertools import combinations
 from pathlib import Path
 
 from reward.labeling.importing import prompt_from_row
-from reward.labeling.store import Pair
+from reward.labeling.records import LabelPair
+from rlhf.datafiles import read_rows
 from rlhf.errors import ConfigError
 from rlhf.sampling import Sampling
-from rlhf.datafiles import read_rows
 
 
-def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> tuple[list[Pair], int]:
+def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> tuple[list[LabelPair], int]:
     """Pairs of completions from `model` (a run directory or model name), and how many completions
     were left out for being empty or repeating an earlier completion of the same prompt."""
     if sampling.n < 2:
@@ -38,5 +36,5 @@ def generate_pairs(model: str, prompts_path: str | Path, sampling: Sampling) -> 
                 distinct.setdefault(output.strip(), output)
         dropped += len(outputs) - len(distinct)
         for first, second in combinations(distinct.values(), 2):
-            pairs.append(Pair(prompt, first, second, model_a=str(model), model_b=str(model)))
+            pairs.append(LabelPair(prompt, first, second, model_a=str(model), model_b=str(model)))
     return pairs, dropped

@@ -1,8 +1,10 @@
-"""ASGI middleware for the labeling server: security headers on every response, and a request body size cap."""
+"""ASGI middleware for the labeling server: security headers on every response (500 included), an access log
+without query strings, and a request body size cap."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 from starlette.exceptions import HTTPException
 
@@ -19,8 +21,21 @@ SECURITY_HEADERS = {
 }
 
 
+ACCESS_LOG = logging.getLogger("reward.labeling.access")
+
+
+async def _send_json(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
 class SecurityHeaders:
-    """Add SECURITY_HEADERS to every HTTP response."""
+    """Add SECURITY_HEADERS to every HTTP response; an unhandled error becomes a JSON 500 that has them too."""
 
     def __init__(self, app):
         self.app = app
@@ -29,15 +44,47 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = False
 
         async def send_with_headers(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 names = {k for k, _ in self.headers}
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
                 message = {**message, "headers": kept + self.headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if not started:
+                await _send_json(send, 500, "internal server error", self.headers)
+            raise  # logged by the server; the client already has its answer
+
+
+class AccessLog:
+    """Log method, path and status of each request; never the query string, where a misplaced token could be."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def remember_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, remember_status)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            ACCESS_LOG.info('%s "%s %s" %d', client[0], scope["method"], scope["path"], status)
 
 
 class BodyLimit:
@@ -73,10 +120,4 @@ class BodyLimit:
         return f"request body larger than {self.max_bytes} bytes"
 
     async def _reject(self, send):
-        body = json.dumps({"detail": self._detail()}).encode()
-        await send({
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        })
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, self._detail())

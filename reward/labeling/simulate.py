@@ -1,37 +1,20 @@
-"""Simulated annotators: a judge function plus noise, labeling through the same queue and store calls as people.
-
-A judge is `judge(prompt, first, second) -> "a" | "b" | "tie"`, where "a" means the first response
-shown is better. It sees the responses in the randomised order a person would see.
-"""
+"""Simulated annotators: a judge function plus noise, labeling through the same queue and store calls as people."""
 
 from __future__ import annotations
 
-import importlib
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from reward.labeling.store import Store
 from rlhf.errors import ConfigError
 
+# A judge is `judge(prompt, first, second) -> "a" | "b" | "tie"`, where "a" means the first response shown is better.
+# It sees the responses in the randomised order a person would see.
+
 Judge = Callable[[object, str, str], str]
 SHOWN = {"a": "left", "b": "right", "tie": "tie"}
 JUDGED_STRENGTH, NOISY_STRENGTH = 2, 1  # "clear" for the judge's own answers, "slight" for coin flips
-
-
-def load_rule(spec: str) -> Judge:
-    """Import `package.module:function`."""
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise ConfigError(f"--rule must look like MODULE:FUNCTION, got '{spec}'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"--rule: cannot import module '{module_name}': {e}") from e
-    judge = getattr(module, function_name, None)
-    if not callable(judge):
-        raise ConfigError(f"--rule: module '{module_name}' has no function '{function_name}'")
-    return judge
 
 
 def simulate_annotators(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from reward.labeling.agreement import krippendorff_alpha_nominal, majority_agreement, pairwise_kappas
 from reward.labeling.store import Store
 
@@ -29,6 +31,17 @@ def compute_stats(store: Store) -> dict:
             name: {"agreement": rate, "pairs": n} for name, (rate, n) in leave_one_out.items()
         },
     }
+
+
+def disagreements(store: Store) -> list[dict]:
+    """Pairs whose current votes are not all the same, most split first: what a lead should review."""
+    by_pair: dict[str, Counter] = {}
+    for vote in store.votes():
+        by_pair.setdefault(vote.pair_id, Counter())[vote.choice] += 1
+    pairs = store.pairs()
+    split = [(pair_id, counts) for pair_id, counts in by_pair.items() if len(counts) > 1]
+    split.sort(key=lambda item: (max(item[1].values()) / sum(item[1].values()), item[0]))
+    return [{"pair_id": pair_id, "prompt": pairs[pair_id].prompt, "votes": dict(counts)} for pair_id, counts in split]
 
 
 def _number(value: float | None) -> str:

@@ -6,8 +6,10 @@
   const TOKEN_KEY = "labeling-token";
   const CHOICE_KEYS = { "1": "left", "2": "right", "3": "tie", "4": "both_bad" };
   const STRENGTH_KEYS = { q: "1", w: "2", e: "3" };
+  const HISTORY_LIMIT = 100;  // how far back Backspace goes (the server's limit too)
   const $ = (id) => document.getElementById(id);
-  const state = { pair: null, shownAt: 0, busy: false, guidelinesLoaded: false };
+  // editing: the earlier label being changed (null for a new one); back: how many labels back it is
+  const state = { pair: null, shownAt: 0, busy: false, guidelinesLoaded: false, editing: null, back: -1 };
 
   class ApiError extends Error {
     constructor(status, message) {
@@ -24,12 +26,12 @@
     return String(data.detail);
   }
 
-  async function api(path, body) {
+  async function api(path, body, method = "POST") {
     const headers = { Authorization: "Bearer " + sessionStorage.getItem(TOKEN_KEY) };
     const options = { headers, cache: "no-store", credentials: "omit" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
-      options.method = "POST";
+      options.method = method;
       options.body = JSON.stringify(body);
     }
     const response = await fetch(path, options);
@@ -69,10 +71,29 @@
     $("progress-fill").style.width = total ? `${(100 * done) / total}%` : "0%";
   }
 
+  // Bidi overrides and isolates, zero-width and other invisible format characters, and control characters
+  // (but tab and newline) would change or hide what an annotator reads: each is shown as a visible ⟨U+XXXX⟩.
+  const INVISIBLE = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u00AD\u061C\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u206F\uFEFF\uFFF9-\uFFFB]/g;
+
+  function fillText(element, text) {
+    element.replaceChildren();
+    element.dir = "auto";
+    let last = 0;
+    for (const match of text.matchAll(INVISIBLE)) {
+      element.append(text.slice(last, match.index));
+      const mark = document.createElement("span");
+      mark.className = "invisible-char";
+      mark.textContent = `⟨U+${match[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`;
+      element.append(mark);
+      last = match.index + 1;
+    }
+    element.append(text.slice(last));
+  }
+
   function textBlock(text, className = "text") {
     const div = document.createElement("div");
     div.className = className;
-    div.textContent = text;
+    fillText(div, text);
     return div;
   }
 
@@ -92,17 +113,25 @@
     }
   }
 
-  function showPair(pair) {
+  function showPair(pair, previous = null) {
     state.pair = pair;
+    state.editing = previous;
     renderPrompt(pair.prompt);
-    $("left").textContent = pair.left;
-    $("right").textContent = pair.right;
+    fillText($("left"), pair.left);
+    fillText($("right"), pair.right);
     $("decision").reset();
+    if (previous) {
+      $(`choice-${previous.choice}`)?.click();
+      if (previous.strength) $(`strength-${previous.strength}`).checked = true;
+      $("reason").value = previous.reason;
+      $("editing-text").textContent = `Changing your label ${state.back + 1} back`;
+    }
+    $("editing").hidden = !previous;
     if (document.activeElement instanceof HTMLElement) document.activeElement.blur();  // shortcuts work again
     updateDecision();
     show("task-view");
     window.scrollTo(0, 0);
-    for (const id of ["left", "right"]) $(id).scrollTop = 0;
+    for (const id of ["prompt", "left", "right"]) $(id).scrollTop = 0;
     state.shownAt = performance.now();
   }
 
@@ -142,9 +171,11 @@
     const timeMs = Math.round(performance.now() - state.shownAt);
     let moveOn = true;
     try {
-      const result = await api("/api/labels", { pair_id: state.pair.id, time_ms: timeMs, ...label });
+      const result = state.editing
+        ? await api(`/api/labels/${state.editing.label_id}`, { time_ms: timeMs, ...label }, "PUT")
+        : await api("/api/labels", { pair_id: state.pair.id, time_ms: timeMs, ...label });
       showProgress(result.progress);
-      toast(label.choice === "skip" ? "Skipped" : "Saved");
+      toast(state.editing ? "Changed" : label.choice === "skip" ? "Skipped" : "Saved");
     } catch (error) {
       moveOn = error.status === 409;  // already labeled, or no longer assigned: go on to the next pair
       if (error.status !== 401) toast(moveOn ? error.message : `Could not save: ${error.message}`, true);
@@ -163,10 +194,34 @@
     sendLabel({ choice, strength: strength ? Number(strength) : null, reason: $("reason").value.trim() });
   }
 
+  // ---- undo and edit: back through your recent labels, pre-filled ----
+
+  async function goBack() {
+    if (state.busy) return;
+    state.busy = true;
+    try {
+      const labels = (await api(`/api/history?limit=${Math.min(state.back + 2, HISTORY_LIMIT)}`)).labels;
+      if (labels.length > state.back + 1) {
+        state.back += 1;
+        showPair(labels[state.back], labels[state.back]);
+      } else {
+        toast(state.back < 0 ? "Nothing to go back to yet." : "That is as far back as it goes.");
+      }
+    } catch (error) {
+      if (error.status !== 401) toast(`Could not go back: ${error.message}`, true);
+    }
+    state.busy = false;
+  }
+
+  function returnToQueue() {
+    state.back = -1;
+    loadNext().catch((error) => toast(`Could not load the next pair: ${error.message}`, true));
+  }
+
   // ---- skipping ----
 
   function openSkip() {
-    if (!state.pair) return;
+    if (!state.pair || state.editing) return;
     $("skip-form").reset();
     $("skip-dialog").showModal();
     $("skip-reason").focus();
@@ -183,7 +238,8 @@
   // ---- guidelines: a small, safe markdown subset built with DOM nodes ----
 
   function appendInline(parent, text) {
-    const pattern = /(\*\*[^*]+\*\*|`[^`]+`|\*[^*\s][^*]*\*|\[[^\]]+\]\([^)\s]+\))/g;
+    const url = String.raw`(?:[^()\s]|\([^()\s]*\))+`;  // may hold balanced parentheses, as Wikipedia links do
+    const pattern = new RegExp(String.raw`(\*\*[^*]+\*\*|` + "`[^`]+`" + String.raw`|\*[^*\s][^*]*\*|\[[^\]]+\]\(${url}\))`, "g");
     let last = 0;
     for (const match of text.matchAll(pattern)) {
       parent.append(text.slice(last, match.index));
@@ -196,11 +252,11 @@
         node = document.createElement("code");
         node.textContent = token.slice(1, -1);
       } else if (token.startsWith("[")) {
-        const [, label, url] = token.match(/^\[([^\]]+)\]\(([^)\s]+)\)$/);
-        node = document.createElement(/^https?:\/\//.test(url) ? "a" : "span");
+        const [, label, href] = token.match(new RegExp(String.raw`^\[([^\]]+)\]\((${url})\)$`));
+        node = document.createElement(/^https?:\/\//.test(href) ? "a" : "span");
         node.textContent = label;
         if (node.tagName === "A") {
-          node.href = url;
+          node.href = href;
           node.rel = "noopener noreferrer";
           node.target = "_blank";
         }
@@ -286,6 +342,8 @@
   // ---- session ----
 
   async function loadNext() {
+    state.back = -1;
+    state.editing = null;
     const data = await api("/api/next");
     showProgress(data.progress);
     if (data.pair) {
@@ -331,9 +389,23 @@
   // ---- keyboard ----
 
   function onKey(event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || $("skip-dialog").open) return;
     const target = event.target;
-    if (target.matches("input[type=text], input[type=password], textarea, select")) {
+    const inField = target.matches("input[type=text], input[type=password], textarea, select");
+    const undo = (event.key === "Backspace" && !event.ctrlKey && !event.metaKey && !event.altKey)
+      || ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z" && !event.shiftKey);
+    const labeling = !$("task-view").hidden || !$("done-view").hidden;
+    if (undo && !inField && !$("skip-dialog").open && labeling) {
+      event.preventDefault();
+      goBack();
+      return;
+    }
+    if (event.key === "Escape" && state.editing && !inField && $("guidelines").hidden) {
+      event.preventDefault();
+      returnToQueue();
+      return;
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey || $("skip-dialog").open) return;
+    if (inField) {
       if (event.key === "Escape") target.blur();
       return;
     }
@@ -375,6 +447,9 @@
     $("guidelines-button").addEventListener("click", () => toggleGuidelines());
     $("guidelines-close").addEventListener("click", () => toggleGuidelines(false));
     $("check-again").addEventListener("click", () => loadNext().catch((e) => toast(e.message, true)));
+    $("back").addEventListener("click", goBack);
+    $("done-back").addEventListener("click", goBack);
+    $("editing-cancel").addEventListener("click", returnToQueue);
     document.addEventListener("keydown", onKey);
     if (sessionStorage.getItem(TOKEN_KEY)) {
       start().catch((error) => { if (error.status !== 401) toast(error.message, true); });
