@@ -2,8 +2,6 @@
 
 `load_reward_model` and `score_texts` are also what PPO and evaluation score with."""
 
-# No `from __future__ import annotations` here: rlhf.config reads the config's field types.
-
 import json
 import math
 import sys

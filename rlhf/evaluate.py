@@ -2,8 +2,6 @@
 
 Reward-model score, KL to the reference, length, distinct-1/2, and with a gold judge the gold score and win rate."""
 
-# No `from __future__ import annotations` here: rlhf.config reads the config's field types.
-
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path

@@ -2,8 +2,6 @@
 
 A LoRA adapter is merged into its base; prompt and prefix tuning add virtual tokens and cannot be merged."""
 
-# No `from __future__ import annotations` here: rlhf.config reads the config's field types.
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar

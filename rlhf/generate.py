@@ -2,8 +2,6 @@
 
 Prompts go through the model's chat template as one user turn (see rlhf.chat.format_prompt)."""
 
-# No `from __future__ import annotations` here: rlhf.config reads the config's field types (str, list[str]).
-
 from dataclasses import dataclass
 
 from rlhf.config import command_main, key

@@ -2,8 +2,6 @@
 
 The metrics a run logged decide the plots (PPO: score, reward, KL, value loss, entropy, length; SFT/reward: losses)."""
 
-# No `from __future__ import annotations` here: rlhf.config reads the config's field types (list[str]).
-
 import math
 from dataclasses import dataclass
 from pathlib import Path

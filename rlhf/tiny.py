@@ -1,7 +1,5 @@
 """`rlhf tiny-model`: a randomly initialised model folder with an offline-trained tokenizer, for tests and the demo."""
 
-# No `from __future__ import annotations` here: rlhf.config reads the config's field types (str, list[str]).
-
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path

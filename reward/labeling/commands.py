@@ -1,6 +1,5 @@
 """The keys of each `rlhf label` subcommand, as `rlhf.config` dataclasses, with their checks."""
 
-# No `from __future__ import annotations`: rlhf.config reads real types, so `--name 007` stays the string "007".
 from dataclasses import dataclass
 from typing import ClassVar
 
