@@ -14,7 +14,8 @@ from rlhf import datafiles
 from rlhf.chat import check_prompt, check_response
 from rlhf.config import command_main, key
 from rlhf.errors import ConfigError, DataError
-from rlhf.models import disable_dropout, load_sequence_classifier, load_tokenizer, read_adapter_config, resolve
+from rlhf.models import (disable_dropout, load_sequence_classifier, load_tokenizer, position_ids, read_adapter_config,
+                         resolve)
 
 # Input rows: {"prompt", "response"} (scored as the reward stage renders them), {"text"} (scored verbatim), or
 # preference pairs in any format reward.pairs reads (both responses scored, plus accuracy and mean margin).
@@ -44,6 +45,12 @@ def load_reward_model(run_dir_or_model: str, dtype: str = "auto", merge: bool = 
     return model, tokenizer
 
 
+def classifier_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A sequence classifier's scalar [B] for a left-padded batch, with positions counted from each row's first
+    real token: without them an absolute-position model (GPT-2) scores a text differently in a padded batch."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)).logits[:, 0]
+
+
 @torch.no_grad()
 def score_ids(model, tokenizer, ids: list[list[int]], batch_size: int = 16) -> torch.Tensor:
     """One float32 reward per token sequence (read at its last token), computed in padded batches."""
@@ -51,7 +58,7 @@ def score_ids(model, tokenizer, ids: list[list[int]], batch_size: int = 16) -> t
     scores = []
     for start in range(0, len(ids), batch_size):
         batch = tokenizer.pad({"input_ids": ids[start:start + batch_size]}, return_tensors="pt").to(device)
-        scores.append(model(**batch).logits[:, 0].float().cpu())
+        scores.append(classifier_scores(model, batch["input_ids"], batch["attention_mask"]).float().cpu())
     return torch.cat(scores) if scores else torch.empty(0)
 
 

@@ -123,9 +123,20 @@ def _lm_head_names(model) -> tuple[str, ...]:
 
 
 def disable_dropout(model) -> None:
-    """Dropout off everywhere: RL log-prob ratios and reward scores must be deterministic."""
+    """Dropout off everywhere: RL log-prob ratios and reward scores must be deterministic, also in train mode.
+
+    Beside `nn.Dropout` modules, many attention layers apply functional dropout with a rate copied from the config
+    at build time (`self.attention_dropout`), so rates are zeroed on the modules and on every config as well."""
     import torch
 
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        for holder in (module, getattr(module, "config", None)):
+            for name, value in list(vars(holder).items()) if holder is not None else ():
+                if isinstance(value, float) and not isinstance(value, bool) and _is_dropout_rate(name):
+                    setattr(holder, name, 0.0)
+
+
+def _is_dropout_rate(name: str) -> bool:
+    return name.endswith(("dropout", "_pdrop", "dropout_rate", "dropout_prob")) and not name.startswith("_")

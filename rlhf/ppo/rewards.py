@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from reward.pairs import encode
-from reward.score import load_reward_model
+from reward.score import classifier_scores, load_reward_model
 from rlhf import runs
 from rlhf.chat import format_prompt
 from rlhf.config import import_function
 from rlhf.errors import ConfigError
-from rlhf.models import ModelSource, disable_dropout, load_tokenizer, position_ids, read_adapter_config
+from rlhf.models import ModelSource, disable_dropout, load_tokenizer, read_adapter_config
 
 
 class Reward(Protocol):
@@ -205,7 +205,6 @@ def separate_reward(reward_path: str, stats: dict[str, float] | None, device, po
     classifier.eval().to(device)
 
     def scores_of(input_ids, attention_mask):
-        out = classifier(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-        return out.logits[:, 0]
+        return classifier_scores(classifier, input_ids, attention_mask)
 
     return ModelReward(tokenizer, scores_of, stats, device, [classifier], template_tail(tokenizer, policy_tokenizer))
