@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -94,6 +95,19 @@ Caller = Annotated[Annotator, Depends(current_annotator)]
 AdminCaller = Annotated[Annotator, Depends(current_admin)]
 
 
+REFUSAL_STATUS = ((DuplicateLabel, 409), (NotAssigned, 409), (UnknownPair, 404), (InvalidLabel, 422))
+
+
+@contextmanager
+def refusals_as_http():
+    """The store's refusals of a label as the HTTP errors they mean (conflict, not found, unprocessable)."""
+    try:
+        yield
+    except tuple(kind for kind, _ in REFUSAL_STATUS) as e:
+        status = next(code for kind, code in REFUSAL_STATUS if isinstance(e, kind))
+        raise HTTPException(status, str(e)) from e
+
+
 def create_app(store: Store, guidelines: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The ASGI app serving `store`; `guidelines` is markdown shown on the page."""
     app = FastAPI(title="Preference labeling", docs_url=None, redoc_url=None, openapi_url=None)
@@ -140,27 +154,17 @@ def create_app(store: Store, guidelines: str, max_body_bytes: int = MAX_BODY_BYT
 
     @app.post("/api/labels", status_code=201)
     def add_label(label: LabelIn, who: Caller) -> dict:
-        try:
+        with refusals_as_http():
             label_id = store.add_label(
                 who.id, label.pair_id, label.choice, label.strength, label.reason, label.time_ms
             )
-        except (DuplicateLabel, NotAssigned) as e:
-            raise HTTPException(409, str(e)) from e
-        except UnknownPair as e:
-            raise HTTPException(404, str(e)) from e
-        except InvalidLabel as e:
-            raise HTTPException(422, str(e)) from e
         return {"label_id": label_id, "progress": store.progress(who.id)}
 
     @app.put("/api/labels/{label_id}")
     def edit_label(vote: VoteIn, who: Caller, label_id: int = PathParam(ge=1, le=2**63 - 1)) -> dict:
         """Change one of the caller's own labels (undo and edit); the previous vote stays in the history."""
-        try:
+        with refusals_as_http():
             store.edit_label(who.id, label_id, vote.choice, vote.strength, vote.reason, vote.time_ms)
-        except UnknownPair as e:
-            raise HTTPException(404, str(e)) from e
-        except InvalidLabel as e:
-            raise HTTPException(422, str(e)) from e
         return {"label_id": label_id, "progress": store.progress(who.id)}
 
     @app.get("/api/history")
