@@ -1,24 +1,26 @@
 """`rlhf eval --policy RUN_DIR [--baseline RUN_DIR] --prompts FILE`: measure policies on held-out prompts.
 
-Reward-model score, KL to the reference, length, distinct-1/2, and with a gold judge the gold score and win rate."""
+Reward-model score, KL to the reference, length, distinct-1/2, the share of responses re-tokenization changes, and
+with a gold judge the gold score and win rate."""
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward.score import load_reward_model, score_texts
 from rlhf import runs
 from rlhf.chat import format_prompt
 from rlhf.config import command_main, import_function, key
 from rlhf.errors import ConfigError
-from rlhf.sampling import Sampling, sample_tokens
+from rlhf.ppo.rewards import ModelReward, separate_reward, template_tail
+from rlhf.sampling import Sampling, retokenization_mismatch, sample_tokens, without_eos
 
 # Each policy (and the baseline) is sampled with the same seed. KL to the reference: the sum over response tokens of
 # log p_policy - log p_ref on the policy's own samples (a Monte Carlo estimate of the sequence KL). The reference is
 # the policy's base with its adapter disabled (for a PPO run, the SFT model), or `reference`; a model without an
 # adapter is its own reference. Log-probs are taken at the sampling temperature (at 1 for greedy decoding) and ignore
-# top-p truncation, so with top_p < 1 the KL is that of the untruncated distributions.
+# top-p/top-k truncation, so with those the KL is that of the untruncated distributions. The reward model reads each
+# response as PPO's reward does: the sampled ids when its tokenizer and template match the policy's, else the text.
 
 ROWS = (  # (result key, table label)
     ("reward_score", "reward-model score"),
@@ -26,6 +28,7 @@ ROWS = (  # (result key, table label)
     ("response_length", "response length (tokens)"),
     ("distinct_1", "distinct-1"),
     ("distinct_2", "distinct-2"),
+    ("retokenize_mismatch", "re-tokenization mismatch (share)"),
     ("gold_score", "gold score"),
     ("win_rate", "gold win rate vs baseline"),
 )
@@ -79,8 +82,7 @@ def sequence_kl(model, tokenizer, prompts: list, response_ids: list[list[int]], 
     """log p_policy - log p_ref of each response; the reference is `reference`, else `model` with adapters off."""
     from peft import PeftModel
 
-    prompt_ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
-    args = (prompt_ids, response_ids, tokenizer.pad_token_id, temperature, batch_size)
+    args = (prompt_token_ids(tokenizer, prompts), response_ids, tokenizer.pad_token_id, temperature, batch_size)
     policy = response_logprobs(model, *args)
     if reference is not None:
         ref = response_logprobs(reference, *args)
@@ -92,24 +94,42 @@ def sequence_kl(model, tokenizer, prompts: list, response_ids: list[list[int]], 
     return [p - r for p, r in zip(policy, ref)]
 
 
+def prompt_token_ids(tokenizer, prompts: list) -> list[list[int]]:
+    """Each prompt's ids through the chat template, as the policy is given it when sampling."""
+    return [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+
+
 def sample_policy(path: str, prompts: list, sampling: Sampling, reference: str | None, device: str) -> dict[str, Any]:
-    """Responses of one policy with its KL, length and diversity figures."""
+    """Responses of one policy (texts, and prompt + response ids without EOS) with its KL, length, diversity and
+    re-tokenization figures."""
     from rlhf.models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(path, merge=False).to(device).eval()  # unmerged: the reference is the adapter switched off
     tokenizer = load_tokenizer(path, padding_side="left")
     ref_model = load_causal_lm(reference).to(device).eval() if reference else None
     tokens = sample_tokens(model, tokenizer, prompts, sampling.n, sampling.max_new_tokens, sampling.temperature,
-                           sampling.top_p, sampling.seed, sampling.batch_size)
+                           sampling.top_p, sampling.seed, sampling.batch_size, sampling.top_k)
     flat_prompts = [p for p, ids in zip(prompts, tokens) for _ in ids]
     flat_ids = [r for ids in tokens for r in ids]
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
     kl = sequence_kl(model, tokenizer, flat_prompts, flat_ids, temperature, sampling.batch_size, ref_model)
     responses = tokenizer.batch_decode(flat_ids, skip_special_tokens=True)
-    lengths = [len(r) - (1 if r and r[-1] == tokenizer.eos_token_id else 0) for r in flat_ids]
-    return {"path": path, "prompts": flat_prompts, "responses": responses,
-            "metrics": {"kl": mean(kl), "response_length": mean(lengths),
-                        "distinct_1": distinct_n(responses, 1), "distinct_2": distinct_n(responses, 2)}}
+    response_ids = [without_eos(r, tokenizer.eos_token_id) for r in flat_ids]
+    token_ids = [p + r for p, r in zip(prompt_token_ids(tokenizer, flat_prompts), response_ids)]
+    return {"path": path, "prompts": flat_prompts, "responses": responses, "token_ids": token_ids,
+            "tokenizer": tokenizer,
+            "metrics": {"kl": mean(kl), "response_length": mean([len(r) for r in response_ids]),
+                        "distinct_1": distinct_n(responses, 1), "distinct_2": distinct_n(responses, 2),
+                        "retokenize_mismatch": retokenization_mismatch(tokenizer, response_ids)}}
+
+
+def reward_scores(reward: ModelReward, side: dict[str, Any], batch_size: int) -> list[float]:
+    """The reward model's scores of one side's samples, `batch_size` at a time, read as PPO's reward reads a
+    rollout: the sampled ids when the reward's tokenizer and template match the side's, else the decoded text."""
+    reward = ModelReward(reward.tokenizer, reward.scores_of, reward.stats, reward.device, reward.modules,
+                         template_tail(reward.tokenizer, side["tokenizer"]))
+    rows = [slice(start, start + batch_size) for start in range(0, len(side["responses"]), batch_size)]
+    return [s for r in rows for s in reward(side["prompts"][r], side["responses"][r], side["token_ids"][r]).tolist()]
 
 
 # ---- the evaluation ------------------------------------------------------------------------------
@@ -131,11 +151,9 @@ def run_eval(policy: str, prompts: str, baseline: str | None = None, reward_mode
     if baseline:
         sides["baseline"] = sample_policy(baseline, prompt_set, sampling, reference, device)
     if reward_model:
-        rm, rm_tokenizer = load_reward_model(reward_model)
-        rm.to(device)
+        reward = separate_reward(reward_model, None, device, sides["policy"]["tokenizer"])
         for side in sides.values():
-            scores = score_texts(rm, rm_tokenizer, side["prompts"], side["responses"], sampling.batch_size)
-            side["metrics"]["reward_score"] = scores.mean().item()
+            side["metrics"]["reward_score"] = mean(reward_scores(reward, side, sampling.batch_size))
     if gold:
         for side in sides.values():
             side["gold"] = [float(gold(p, r)) for p, r in zip(side["prompts"], side["responses"])]

@@ -9,6 +9,7 @@ import torch
 from rlhf.errors import DataError
 from rlhf.models import load_tokenizer
 from rlhf.ppo import rollout
+from test_sampling import SHIPPED, processors_run_by
 
 
 def test_response_mask_covers_tokens_up_to_and_including_the_first_eos():
@@ -54,35 +55,39 @@ def ppo_model(ppo_runs, **overrides):
     return model, reward
 
 
-def test_sampling_follows_the_policy_distribution_whatever_the_model_ships(ppo_runs):
-    """Samples come from softmax(logits / temperature), then top-p: shipped top-k, repetition penalty etc. are
-    dropped, and the processors generate runs are exactly the recorder, the temperature and top-p."""
+@pytest.mark.parametrize("top_k, warpers", [(0, ["TemperatureLogitsWarper", "TopPLogitsWarper"]),
+                                            (3, ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"])])
+def test_sampling_follows_the_policy_distribution_whatever_the_model_ships(ppo_runs, top_k, warpers):
+    """Samples come from softmax(logits / temperature), then top-k and top-p: the model's shipped top-k, repetition
+    penalty etc. are dropped, and the processors generate runs are exactly the recorder and the configured warpers."""
     from transformers import GenerationConfig
 
     from rlhf.ppo.model_set import sampling_defaults
 
-    shipped = GenerationConfig(top_k=5, top_p=0.5, temperature=0.3, repetition_penalty=1.3, eos_token_id=2,
-                               pad_token_id=0, bos_token_id=1)
+    shipped = GenerationConfig(**SHIPPED)
     assert sampling_defaults(shipped).to_diff_dict().keys() <= {"eos_token_id", "pad_token_id", "bos_token_id",
                                                                 "transformers_version"}
     model, _ = ppo_model(ppo_runs)
+    model.causal_lm.generation_config = shipped  # generate must not rely on the base's config being cleaned
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
     batch = tokenizer(["<|im_start|>user\nHi<|im_end|>\n"] * 2, return_tensors="pt", add_special_tokens=False)
-    seen = {}
+    seen, outputs = [], {}
 
     def recording_generate(**kwargs):
         out = model.peft.generate(**kwargs, return_dict_in_generate=True, output_scores=True, output_logits=True)
-        seen.update(kwargs=kwargs, out=out)
+        outputs.update(out=out)
         return out.sequences
 
-    with mock.patch.object(model, "generate", recording_generate):
-        rollout.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], 3, 0.7, 0.9)
-    assert [type(p).__name__ for p in seen["kwargs"]["logits_processor"]] == [
-        "SamplingRecord", "TemperatureLogitsWarper", "TopPLogitsWarper"]
-    for scores, logits in zip(seen["out"].scores, seen["out"].logits):
+    with mock.patch.object(model, "generate", recording_generate), processors_run_by(model.causal_lm, seen):
+        rollout.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], 3, 0.7, 0.9, top_k=top_k)
+    assert seen == [["SamplingRecord", *warpers]]
+    assert model.causal_lm.generation_config is shipped  # put back
+    for scores, logits in zip(outputs["out"].scores, outputs["out"].logits):
         kept = torch.isfinite(scores)
         torch.testing.assert_close(scores[kept], (logits / 0.7)[kept])
-        assert kept.any(1).all() and not kept.all()  # top-p 0.9 drops the tail
+        assert kept.any(1).all() and not kept.all()  # top-p 0.9 (and top-k) drop the tail
+        if top_k:
+            assert (kept.sum(1) <= top_k).all()
 
 
 @pytest.mark.parametrize("value_model", ["lora_head", "policy_head"])
@@ -113,3 +118,44 @@ def test_what_sampling_records_equals_a_forward_pass(ppo_runs, value_model):
         torch.testing.assert_close(sampled.hidden[on], hidden[on], atol=1e-5, rtol=1e-5)
     else:
         assert sampled.hidden is None
+
+
+def rollout_and_forward(ppo_runs, value_model: str, dtype: str):
+    """(rollout of 8 prompts, what sampling recorded, the policy's logits and values of a fresh forward pass)."""
+    from contextlib import nullcontext
+
+    model, reward = ppo_model(ppo_runs, value_model=value_model, dtype=dtype)
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]), padding_side="left")
+    data = rollout.read_prompts(str(ppo_runs["prompts"]), tokenizer, 512)
+    settings = rollout.Settings(16, 0.7, 1.0, scoring_rows=8)
+    torch.manual_seed(0)
+    samples = rollout.sample(model, tokenizer, data.texts[-8:], settings, "cpu", nullcontext())
+    ro = rollout.score(model, reward, data.prompts[-8:], samples, settings)
+    with torch.no_grad():
+        logits, values = model(ro.input_ids, ro.attention_mask, ro.prompt_length)
+    return ro, samples.sampled, logits, values
+
+
+@pytest.mark.parametrize("value_model", ["lora_head", "policy_head"])
+def test_below_float32_the_old_logprobs_and_values_are_a_forward_pass(ppo_runs, value_model):
+    """In bf16 generation's cached steps round differently from a forward pass: the rollout takes the policy's
+    log-probs, entropy and values from one forward pass, exactly what the update's first forward computes."""
+    from rlhf.ppo import core
+
+    ro, sampled, logits, values = rollout_and_forward(ppo_runs, value_model, "bfloat16")
+    assert sampled.hidden is None  # the hidden states are not kept when the values come from the forward
+    assert not torch.equal(ro.logprobs, sampled.logprobs * ro.mask)  # what sampling recorded is off
+    torch.testing.assert_close(ro.logprobs, core.logprobs_from_logits(logits, ro.response_ids, 0.7) * ro.mask,
+                               atol=0, rtol=0)
+    torch.testing.assert_close(ro.entropy, core.entropy_from_logits(logits, 0.7), atol=0, rtol=0)
+    torch.testing.assert_close(ro.values, values.float() * ro.mask, atol=0, rtol=0)
+
+
+def test_in_float32_the_rollout_keeps_the_recorded_logprobs(ppo_runs):
+    from rlhf.ppo import core
+
+    ro, sampled, logits, _ = rollout_and_forward(ppo_runs, "policy_head", "float32")
+    assert sampled.hidden is not None
+    torch.testing.assert_close(ro.logprobs, sampled.logprobs * ro.mask, atol=0, rtol=0)
+    torch.testing.assert_close(ro.logprobs, core.logprobs_from_logits(logits, ro.response_ids, 0.7) * ro.mask,
+                               atol=1e-4, rtol=0)

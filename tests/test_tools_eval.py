@@ -12,7 +12,8 @@ from rlhf import cli, evaluate
 from rlhf.config import load_config
 from rlhf.errors import ConfigError
 from rlhf.chat import format_prompt
-from rlhf.sampling import Sampling, sample_tokens
+from conftest import make_tiny
+from rlhf.sampling import Sampling, retokenization_mismatch, sample_tokens, without_eos
 from rlhf.models import load_causal_lm, load_tokenizer
 
 PROMPTS = ["Tell me about the number 1.", "Tell me about the number 2.", "Count to 3.", "What color is the sky?"]
@@ -87,6 +88,7 @@ def test_eval_run_on_tiny_models(ppo_runs, tmp_path, capsys, one_thread):
     assert cli.main(args) == 0
     table = capsys.readouterr().out
     assert "| gold win rate vs baseline |" in table and out.with_suffix(".md").read_text() == table
+    assert "| re-tokenization mismatch (share) |" in table
 
     result = json.loads(out.read_text())
     policy, baseline = result["models"]["policy"], result["models"]["baseline"]
@@ -99,12 +101,41 @@ def test_eval_run_on_tiny_models(ppo_runs, tmp_path, capsys, one_thread):
     assert policy["distinct_2"] == evaluate.distinct_n(responses["policy"], 2)
     assert baseline["kl"] == 0.0 and policy["kl"] != 0.0
     assert 0 < policy["response_length"] <= 12
+    assert 0 <= policy["retokenize_mismatch"] <= 1 and 0 <= baseline["retokenize_mismatch"] <= 1
 
-    from reward.score import load_reward_model, score_texts
+    # the reward model shares the baseline's tokenizer and template, so it reads the sampled ids, as PPO's does:
+    # prompt ids, response ids without EOS, then what its template puts after a response
+    from reward.score import load_reward_model, score_ids
 
     model, tokenizer = load_reward_model(str(rm))
-    expected = score_texts(model, tokenizer, [s["prompt"] for s in result["samples"]], responses["baseline"])
+    base = load_causal_lm(str(ppo_runs["base"])).eval()
+    sampled = [r for rs in sample_tokens(base, tokenizer, PROMPTS, n=2, max_new_tokens=12, seed=5) for r in rs]
+    assert tokenizer.batch_decode(sampled, skip_special_tokens=True) == responses["baseline"]
+    tail = tokenizer("<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    prompts_ids = evaluate.prompt_token_ids(tokenizer, [s["prompt"] for s in result["samples"]])
+    expected = score_ids(model, tokenizer, [p + without_eos(r, tokenizer.eos_token_id) + tail
+                                            for p, r in zip(prompts_ids, sampled)])
     assert baseline["reward_score"] == pytest.approx(expected.mean().item(), abs=1e-5)
+    assert baseline["retokenize_mismatch"] == retokenization_mismatch(
+        tokenizer, [without_eos(r, tokenizer.eos_token_id) for r in sampled])
+
+
+def test_eval_scores_text_when_the_reward_tokenizer_differs(ppo_runs, tmp_path_factory, tmp_path, one_thread):
+    """A reward model with its own tokenizer reads the decoded responses, rendered by its template (PPO's fallback)."""
+    from reward.score import load_reward_model, score_texts
+
+    other = make_tiny(tmp_path_factory, "llama", hidden=32, layers=1, vocab_size=512)
+    rm = tmp_path / "rm"
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(other, num_labels=1).save_pretrained(rm)
+    load_tokenizer(str(other)).save_pretrained(rm)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    result = evaluate.run_eval(str(ppo_runs["sft"]), str(prompts), reward_model=str(rm),
+                               sampling=Sampling(max_new_tokens=8, seed=1, batch_size=3))
+    model, tokenizer = load_reward_model(str(rm))
+    expected = score_texts(model, tokenizer, PROMPTS, [s["policy"] for s in result["samples"]])
+    assert result["models"]["policy"]["reward_score"] == pytest.approx(expected.mean().item(), abs=1e-5)
 
 
 def test_same_seed_same_samples(ppo_runs, tmp_path, one_thread):
@@ -153,7 +184,7 @@ def test_eval_help_lists_the_keys(capsys):
     assert cli.main(["eval", "--help"]) == 0
     text = capsys.readouterr().out
     for name in ("policy", "baseline", "prompts", "reward_model", "judge", "reference", "out", "n", "max_new_tokens",
-                 "temperature", "top_p", "seed", "batch_size"):
+                 "temperature", "top_p", "top_k", "seed", "batch_size"):
         assert f"--{name} (default " in text
     assert "--temperature (default 1.0): sampling temperature; 0 = greedy" in text
 
@@ -166,7 +197,7 @@ def test_eval_command_with_snake_case_keys(ppo_runs, tmp_path, capsys, one_threa
                      str(ppo_runs["rm"]), "--max_new_tokens", "4", "--batch_size=2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["settings"] == {"n": 1, "max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0, "seed": 0,
-                                  "batch_size": 2}
+                                  "batch_size": 2, "top_k": 0}
     assert result["reward_model"] == str(ppo_runs["rm"]) and "reward_score" in result["models"]["policy"]
     assert "| reward-model score |" in capsys.readouterr().out
 

@@ -54,6 +54,6 @@ def test_generate_config_defaults_and_errors():
 def test_generate_help_lists_the_keys(capsys):
     assert cli.main(["generate", "--help"]) == 0
     text = capsys.readouterr().out
-    for name in ("model", "prompt", "n", "max_new_tokens", "temperature", "top_p", "seed", "batch_size"):
+    for name in ("model", "prompt", "n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "batch_size"):
         assert f"--{name} (default " in text
     assert "--temperature (default 0.0): sampling temperature; 0 = greedy" in text

@@ -1,5 +1,5 @@
 """Rollouts: `sample` responses (recording the policy's log-probs as they are sampled), then `score` them with one
-forward pass per remaining model (reference, value adapter, reward)."""
+forward pass per remaining model (reference, value adapter, reward; below float32 the policy too)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from rlhf.chat import format_prompt, prompt_of_row
 from rlhf.datafiles import read_rows
 from rlhf.ppo import core
 from rlhf.ppo.model_set import VALUE
+from rlhf.sampling import generate_ids
 
-# `generate` is the only function that samples; `sample` runs it inside the caller's `generation_weights` context
+# `generate` is the only function that samples (through rlhf.sampling.generate_ids, as every command does); `sample`
+# runs it inside the caller's `generation_weights` context
 # (under ZeRO-3, one that gathers the parameters once per rollout rather than once per generated token).
 
 
@@ -78,8 +80,8 @@ class Sampled:
 class SamplingRecord:
     """A logits processor placed first in `generate`'s list, so it sees the raw logits of every step: it keeps the
     step's log-softmax at the sampling temperature, takes the sampled token's entry once the next step shows which
-    token it was, and the entropy. PPO's "old" log-probs thus cost no scoring pass (Huang et al. 2024 note that
-    generation and a later forward agree up to rounding; the update's first ratio is 1 up to that)."""
+    token it was, and the entropy. In float32 PPO's "old" log-probs thus cost no scoring pass (Huang et al. 2024 note
+    that generation and a later forward agree up to rounding; the update's first ratio is 1 up to that)."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
@@ -124,25 +126,14 @@ def final_hidden_states(body, keep: bool):
 
 
 def generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int, temperature: float, top_p: float,
-             keep_hidden: bool = False) -> Sampled:
+             keep_hidden: bool = False, top_k: int = 0) -> Sampled:
     """Sampled continuations (KV cache, stop at EOS) from the policy, with their log-probs recorded on the way.
 
-    Temperature and top-p are applied by processors given here after the recorder (generate itself is told
-    1.0, so it adds none), which keeps the recorder on the raw logits."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-
+    `generate_ids` puts the recorder before the temperature, top-k and top-p warpers, so it sees the raw logits."""
     record = SamplingRecord(temperature)
-    processors = LogitsProcessorList([record])
-    if temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(temperature))
-    if top_p < 1.0:
-        processors.append(TopPLogitsWarper(top_p))
     with final_hidden_states(model.body, keep_hidden) as hidden:
-        sequences = model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, do_sample=True,
-            temperature=1.0, top_p=1.0, top_k=0, logits_processor=processors,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
+        sequences = generate_ids(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k,
+                                 tokenizer.eos_token_id, tokenizer.pad_token_id, extra_processors=[record])
     logprobs, entropy = record.result(sequences)
     return Sampled(sequences, logprobs, entropy, torch.stack(hidden, 1) if keep_hidden else None)
 
@@ -177,6 +168,7 @@ class Settings:
     temperature: float
     top_p: float
     scoring_rows: int
+    top_k: int = 0
 
 
 @dataclass
@@ -198,7 +190,8 @@ def sample(model, tokenizer, texts: list[str], settings: Settings, device,
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     with generation_weights:
         sampled = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens,
-                           settings.temperature, settings.top_p, keep_hidden=model.value_model == "policy_head")
+                           settings.temperature, settings.top_p, top_k=settings.top_k,
+                           keep_hidden=model.value_model == "policy_head" and records_match_forward(model))
     prompt_length = batch["input_ids"].shape[1]
     mask, ended = response_mask(sampled.sequences[:, prompt_length:], tokenizer.eos_token_id)
     responses = decode_responses(tokenizer, sampled.sequences[:, prompt_length:], mask)  # .tolist() waits
@@ -206,17 +199,31 @@ def sample(model, tokenizer, texts: list[str], settings: Settings, device,
     return Samples(responses, sampled, attention_mask, prompt_length, mask, ended)
 
 
+def records_match_forward(model) -> bool:
+    """Whether what sampling records equals a forward pass over the finished sequences. In float32 it does up to
+    rounding; in bf16 the cached steps of generation and one full forward differ by up to 0.15 nats/token."""
+    return all(p.dtype == torch.float32 for p in model.parameters())
+
+
 @torch.no_grad()
 def score(model, reward, prompts: list, samples: Samples, settings: Settings) -> Rollout:
     """The rollout: what sampling did not already give, `scoring_rows` rows at a time: reference log-probs (the base
     with adapters off), values (the value adapter's pass, or the head on the policy states kept while sampling) and
-    the reward's scores."""
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("ref_logprobs", "values", "scores")}
+    the reward's scores. Below float32 the policy's own log-probs, entropy and values come from a forward pass too
+    (as in OpenRLHF), so that the update's first ratio is 1 and its first values are the old ones."""
+    recorded = records_match_forward(model)
+    names = ("ref_logprobs", "values", "scores") + (() if recorded else ("logprobs", "entropy"))
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     sampled, p, mask = samples.sampled, samples.prompt_length, samples.mask
     for start in range(0, len(mask), settings.scoring_rows):
         rows = slice(start, start + settings.scoring_rows)
         ids, attn = sampled.sequences[rows], samples.attention_mask[rows]
-        if sampled.hidden is not None:
+        if not recorded:
+            logits, values = model(ids, attn, p)
+            parts["logprobs"].append(core.logprobs_from_logits(logits, ids[:, p:], settings.temperature))
+            parts["entropy"].append(core.entropy_from_logits(logits, settings.temperature))
+            del logits
+        elif sampled.hidden is not None:
             values = model.values_from(sampled.hidden[rows])
         else:
             values = model(ids, attn, p, part=VALUE)[1]
@@ -226,7 +233,7 @@ def score(model, reward, prompts: list, samples: Samples, settings: Settings) ->
         del ref_logits
         tokens = token_ids(ids, attn, p, mask[rows], samples.ended_with_eos[rows])
         parts["scores"].append(reward(prompts[rows], samples.responses[rows], tokens).to(ids.device))
-    scored = {k: torch.cat(v) for k, v in parts.items()}
+    scored = {"logprobs": sampled.logprobs, "entropy": sampled.entropy, **{k: torch.cat(v) for k, v in parts.items()}}
     return Rollout(prompts, samples.responses, sampled.sequences, samples.attention_mask, p, mask,
-                   samples.ended_with_eos, logprobs=sampled.logprobs * mask, entropy=sampled.entropy,
+                   samples.ended_with_eos, logprobs=scored["logprobs"] * mask, entropy=scored["entropy"],
                    ref_logprobs=scored["ref_logprobs"] * mask, values=scored["values"], scores=scored["scores"])
