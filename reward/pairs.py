@@ -40,6 +40,7 @@ class PreferencePair:
     rejected: str
     margin: float | None  # how much more `chosen` is preferred, when the data says
     where: str  # file:line of the source row
+    tie: bool = False  # no preference (the labeling app's tie or both-bad pairs): no order to get right
 
 
 def row_format(data: dict[str, Any]) -> str | None:
@@ -137,7 +138,16 @@ def parse_row(row: Row, fmt: str, margin_column: str | None) -> PreferencePair:
             if _number(row, name) < 0:
                 raise DataError(row.where, "must not be negative", field=name)
     margin = _number(row, margin_column) if margin_column else None
-    return PreferencePair(prompt, chosen, rejected, margin, row.where)
+    tie = fmt == "label_export" and (_flag(row, "tie") or _flag(row, "both_bad"))
+    return PreferencePair(prompt, chosen, rejected, margin, row.where, tie)
+
+
+def _flag(row: Row, name: str) -> bool:
+    """An optional true/false field (absent: false)."""
+    value = row.data.get(name, False)
+    if not isinstance(value, bool):
+        raise DataError(row.where, f"must be true or false, got {value!r}", field=name)
+    return value
 
 
 def parse_rows(rows: list[Row], data_format: str = "auto", drop_bad_rows: bool = False,

@@ -1,6 +1,6 @@
 """`rlhf score --model RUN_DIR --input FILE [--out FILE]`: reward scores for texts or preference pairs.
 
-`load_reward_model` and `score_texts` are also what PPO and evaluation score with."""
+`load_reward_model` and `classifier_scores` are also what PPO's separate reward model and `rlhf eval` score with."""
 
 import json
 import math
@@ -76,15 +76,23 @@ def _bucket(low: float, high: float) -> str:
 
 
 def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, margins: torch.Tensor | None = None,
-                 buckets: list[float] = ()) -> dict[str, float]:
-    """Pairwise accuracy (chosen scored strictly higher), mean reward margin, pair count, and accuracy per
-    margin bucket (edges `buckets`; only buckets holding pairs) when the pairs have margins."""
+                 buckets: list[float] = (), ties: torch.Tensor | None = None) -> dict[str, float]:
+    """Pairwise accuracy (chosen scored strictly higher), mean reward margin, pair count, and accuracy per margin
+    bucket (edges `buckets`; only buckets holding pairs) when the pairs have margins.
+
+    Tie pairs (`ties` true) have no order to get right: accuracy and margins are over the other pairs, and the ties
+    get `tie_pairs` and `tie_gap`, the mean |score difference| (0 when the model agrees there is no preference)."""
     diff = (chosen - rejected).double()
-    out = {"accuracy": (diff > 0).double().mean().item(), "margin": diff.mean().item(), "pairs": len(diff)}
+    ties = torch.zeros_like(diff, dtype=torch.bool) if ties is None else ties.bool()
+    decided = diff[~ties]
+    out = {"accuracy": (decided > 0).double().mean().item() if len(decided) else math.nan,
+           "margin": decided.mean().item() if len(decided) else math.nan, "pairs": len(decided)}
+    if ties.any():
+        out.update(tie_pairs=int(ties.sum()), tie_gap=diff[ties].abs().mean().item())
     if margins is not None:
         edges = [-math.inf, *buckets, math.inf]
         for low, high in zip(edges, edges[1:]):
-            inside = (margins >= low) & (margins < high)
+            inside = (margins >= low) & (margins < high) & ~ties
             if inside.any():
                 out[f"accuracy_margin_{_bucket(low, high)}"] = (diff[inside] > 0).double().mean().item()
     return out
@@ -119,9 +127,10 @@ def _score_pairs_file(model, tokenizer, pairs: list[pairs_lib.PreferencePair], b
     rejected = score_texts(model, tokenizer, prompts, [p.rejected for p in pairs], batch_size, max_length)
     margins = None if any(p.margin is None for p in pairs) else torch.tensor([p.margin for p in pairs])
     records = [{"where": p.where, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin,
-                "chosen_score": c, "rejected_score": r}
+                "tie": p.tie, "chosen_score": c, "rejected_score": r}
                for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist())]
-    return records, pair_metrics(chosen, rejected, margins, MARGIN_BUCKETS)
+    ties = torch.tensor([p.tie for p in pairs])
+    return records, pair_metrics(chosen, rejected, margins, MARGIN_BUCKETS, ties)
 
 
 @dataclass

@@ -33,6 +33,11 @@ class RewardStageConfig(hf_stage.StageArgs, RewardConfig):
     margin_column: str | None = key("margin", "field with a per-pair margin m, loss -logsigmoid(r_c - r_r - m); "
                                               "null ignores margins")
     margin_buckets: list = key(list(MARGIN_BUCKETS), "margin edges for held-out accuracy by margin bucket")
+    # The checkpoint kept at the end (and early stopping, with early_stopping_patience) follows validation accuracy:
+    # what PPO needs from a reward model is the ranking, and the loss keeps falling on confident pairs after it stops
+    # improving.
+    metric_for_best_model: str | None = "eval_accuracy"
+    greater_is_better: bool | None = True
 
     def __post_init__(self):
         self.apply_stage_defaults(default_lr=1e-4)
@@ -54,16 +59,20 @@ class PreferenceTrainer(RewardTrainer):
 
     def __init__(self, *args, margin_buckets: list[float] = (), **kwargs):
         super().__init__(*args, **kwargs)
+        self.data_collator = with_ties(self.data_collator)
         self.margin_buckets = list(margin_buckets)
-        self.pair_rewards = torch.empty(0, 3)  # (chosen, rejected, margin or NaN) of the last evaluation
+        self.pair_rewards = torch.empty(0, 4)  # (chosen, rejected, margin or NaN, tie) of the last evaluation
         self._evaluated: list[torch.Tensor] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ties = inputs.pop("tie", None)  # TRL's loss passes every other key to the model
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if not self.model.training:
             chosen, rejected = outputs.logits.detach().float().squeeze(-1).chunk(2)
             margin = inputs["margin"].float() if "margin" in inputs else torch.full_like(chosen, float("nan"))
-            batch = self.accelerator.gather_for_metrics(torch.stack([chosen, rejected, margin], dim=1))
+            tie = torch.zeros_like(chosen) if ties is None else ties.to(chosen)
+            rows = torch.stack([chosen, rejected, margin, tie], dim=1)
+            batch = self.accelerator.gather_for_metrics(rows)
             self._evaluated.append(batch.cpu())
         return (loss, outputs) if return_outputs else loss
 
@@ -72,12 +81,28 @@ class PreferenceTrainer(RewardTrainer):
         self._evaluated = []
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         self._metrics["eval"].clear()  # TRL's per-batch averages; replaced by the exact figures below
-        self.pair_rewards = torch.cat(self._evaluated) if self._evaluated else torch.empty(0, 3)
+        self.pair_rewards = torch.cat(self._evaluated) if self._evaluated else torch.empty(0, 4)
         if len(self.pair_rewards):
-            chosen, rejected, margin = self.pair_rewards.unbind(1)
-            metrics = pair_metrics(chosen, rejected, None if margin.isnan().any() else margin, self.margin_buckets)
+            chosen, rejected, margin, ties = self.pair_rewards.unbind(1)
+            metrics = pair_metrics(chosen, rejected, None if margin.isnan().any() else margin, self.margin_buckets,
+                                   ties.bool())
             output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in metrics.items()})
         return output
+
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "tie" not in self._signature_columns:  # kept through `remove_unused_columns` for with_ties
+            self._signature_columns = [*self._signature_columns, "tie"]
+
+
+def with_ties(collate):
+    """TRL's preference collator, plus each pair's `tie` flag (its collator keeps only ids and margins)."""
+    def collate_with_ties(examples: list[dict]) -> dict:
+        batch = collate(examples)
+        batch["tie"] = torch.tensor([bool(example["tie"]) for example in examples])
+        return batch
+    return collate_with_ties
 
 
 def tokenize_pairs(pairs: list[pairs_lib.PreferencePair], tokenizer, max_length: int | None,
@@ -93,7 +118,7 @@ def tokenize_pairs(pairs: list[pairs_lib.PreferencePair], tokenizer, max_length:
             if too_long == "drop" or chosen == rejected:  # truncation may cut off the only difference
                 report.dropped += 1
                 continue
-        record = {"chosen_ids": chosen, "rejected_ids": rejected}
+        record = {"chosen_ids": chosen, "rejected_ids": rejected, "tie": pair.tie}
         if pair.margin is not None:
             record["margin"] = pair.margin
         out.append(record)

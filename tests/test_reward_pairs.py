@@ -97,6 +97,7 @@ BAD_ROWS = [
     ({**GOOD, "margin": 1}, GOOD, "margin", "missing"),
     ({**GOOD, **VOTES}, {**GOOD, **VOTES, "votes_rejected": None}, "votes_rejected", "missing"),
     ({**GOOD, **VOTES}, {**GOOD, **VOTES, "n_votes": -1}, "n_votes", "must not be negative"),
+    ({**GOOD, **VOTES}, {**GOOD, **VOTES, "tie": "yes"}, "tie", "must be true or false"),
     (GOOD_HOSTED, hosted([], "a", "b"), "input.messages", "empty conversation"),
     (GOOD_HOSTED, {**GOOD_HOSTED, "non_preferred_output": None}, "non_preferred_output", "missing"),
     (GOOD_HH, {**GOOD_HH, "chosen": hh(("Human", "Hi"), ("Human", "Hello?"))}, "chosen",

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import make_tiny
-from reward.score import score_ids
+from reward.score import pair_metrics, score_ids
 from rlhf.models import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,3 +40,13 @@ def test_disable_dropout_also_zeroes_rates_read_from_the_config(tmp_path):
     disable_dropout(model)
     torch.testing.assert_close(model(ids).logits, model(ids).logits, atol=0, rtol=0)
     assert model.config.attention_dropout == 0.0
+
+
+def test_pair_accuracy_leaves_ties_out_and_reports_how_far_apart_they_score():
+    chosen, rejected = torch.tensor([2.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 3.0, 1.0])
+    ties = torch.tensor([False, False, True, True])
+    metrics = pair_metrics(chosen, rejected, torch.tensor([0.5, 0.5, 0.0, 0.0]), [0.34], ties)
+    # decided pairs: differences +1 and -1; ties: |1 - 3| and |1 - 1|
+    assert metrics == {"accuracy": 0.5, "margin": 0.0, "pairs": 2, "tie_pairs": 2, "tie_gap": 1.0,
+                       "accuracy_margin_ge_0.34": 0.5}
+    assert pair_metrics(chosen, rejected)["accuracy"] == 0.25  # without the flags every pair counts

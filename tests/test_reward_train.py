@@ -179,6 +179,37 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_llama, tmp_path):
     assert summary["test/accuracy"] == runs.read_summary(tmp_path / "full")["test/accuracy"]
 
 
+def test_ties_train_toward_equal_scores_and_stay_out_of_accuracy(tiny_llama, tmp_path):
+    """A label export with every third pair a tie, written in both orders with margin 0 (as `keep_ties` does)."""
+    rows = []
+    for i, row in enumerate(json.loads(line) for line in (DATA / "prefs_polite.jsonl").read_text().splitlines()):
+        votes = {"pair_id": f"p{i}", "votes_chosen": 2, "votes_rejected": 0, "n_votes": 2, "margin": 0.5}
+        if i % 3:
+            rows.append({**row, **votes, "tie": False})
+        else:
+            tie = {**votes, "votes_chosen": 0, "margin": 0.0, "tie": True}
+            rows += [{**row, **tie}, {**row, **tie, "chosen": row["rejected"], "rejected": row["chosen"]}]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = reward_config(tiny_llama, data, tmp_path / "rm")
+    summary = train.run(config)
+    test = split_of(config, "test")
+    decided = [p for p in test if not p.tie]
+    assert summary["test/tie_pairs"] == len(test) - len(decided) > 0 and summary["test/pairs"] == len(decided)
+    model, tokenizer = load_reward_model(str(tmp_path / "rm"))
+
+    def scores(pairs):
+        prompts = [p.prompt for p in pairs]
+        return (score_texts(model, tokenizer, prompts, [p.chosen for p in pairs]),
+                score_texts(model, tokenizer, prompts, [p.rejected for p in pairs]))
+
+    assert accuracy_and_margin(*scores(decided))[0] == summary["test/accuracy"] >= 0.8
+    tie_chosen, tie_rejected = scores([p for p in test if p.tie])
+    gap = (tie_chosen - tie_rejected).abs().mean().item()
+    assert gap == pytest.approx(summary["test/tie_gap"], rel=1e-4)
+    assert gap < summary["test/margin"]  # tied responses score closer together than decided ones differ
+
+
 @pytest.mark.parametrize("base,method", [("sft", "lora"), ("model", "full")])
 def test_reward_model_reloads_on_its_base(tiny_llama, tmp_path, base, method):
     """A LoRA reward model on an SFT run records that run as its base; a fully fine-tuned one is a whole model."""
