@@ -12,6 +12,7 @@ from rlhf import runs
 from rlhf.chat import format_prompt
 from rlhf.config import command_main, import_function, key
 from rlhf.errors import ConfigError
+from rlhf.ppo.evaluation import win_rate
 from rlhf.ppo.rewards import ModelReward, separate_reward, template_tail
 from rlhf.sampling import Sampling, retokenization_mismatch, sample_tokens, without_eos
 
@@ -40,13 +41,6 @@ def distinct_n(texts: list[str], n: int) -> float:
     """Distinct n-grams over all n-grams of whitespace words in `texts` (Li et al. 2016); 0 if there are none."""
     grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
-    """Share of paired comparisons the first side wins; ties count half."""
-    if len(scores) != len(baseline_scores) or not scores:
-        raise ValueError("win_rate needs two equally long, non-empty score lists")
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)) / len(scores)
 
 
 def mean(values: list[float]) -> float:

@@ -26,7 +26,6 @@ from rlhf.errors import ConfigError
 from rlhf.ppo import checkpoint, distributed, model_set, rollout, train
 from rlhf.models import ADAPTER_WEIGHTS
 from rlhf.ppo.model_set import POLICY, VALUE
-from rlhf.ppo.rewards import score_normalization
 from rlhf.ppo.stage_config import PPOStageConfig
 from rlhf.ppo.update import ppo_update
 
@@ -202,9 +201,9 @@ def update_on_fixed_rollout(args: list[str], rollout_file: Path, out: Path) -> N
     config = load_config(PPOStageConfig, args)
     accelerator = distributed.make_accelerator(several_passes=config.value_model == "lora_head",
                                                gradient_accumulation_steps=config.gradient_accumulation_steps)
-    model, optimizer, scheduler, reward, _ = train.build_and_prepare(config, accelerator)
+    model, optimizer, scheduler, _, normalization, _ = train.build_and_prepare(config, accelerator)
     ro = torch.load(rollout_file, weights_only=False)
-    learn = train.estimate_advantages(ro, config, config.kl_coef, score_normalization(config, reward.stats))
+    learn = train.estimate_advantages(ro, config, config.kl_coef, normalization)
     losses = ppo_update(model, optimizer, scheduler, accelerator, ro, learn.advantages, learn.returns, config, step=1)
     checkpoint.save(out, 1, model, optimizer, scheduler, {}, accelerator)
     if accelerator.is_main_process:
@@ -275,18 +274,20 @@ def weights_hash(params) -> str:
 
 
 class Probe:
-    """Records what this process did: the prompts of each rollout, a hash of the freshly built trained weights and,
-    under ZeRO-3, the parameter gathers around generation (DeepSpeed all-gathers inside and outside `generate`, and
-    gathers of the whole model). With PROBE_CRASH_AFTER=N every process exits once checkpoint-N is complete."""
+    """Records what this process did: the prompts of each training rollout (not the starting policy's score
+    statistics), a hash of the freshly built trained weights and, under ZeRO-3, the parameter gathers around
+    generation (DeepSpeed all-gathers inside and outside `generate`, and gathers of the whole model). With
+    PROBE_CRASH_AFTER=N every process exits once checkpoint-N is complete."""
 
     def __init__(self, folder: Path):
         self.file = folder / f"rank-{os.environ['RANK']}.json"
         self.record = {"world_size": int(os.environ["WORLD_SIZE"]), "rollout_prompts": [], "generated_tokens": [],
                        "whole_model_gathers": 0, "all_gathers_in_generation": 0, "all_gathers_elsewhere": 0}
-        self.generating, self.model, self.model_parameters = False, None, None
+        self.generating, self.in_step, self.model, self.model_parameters = False, False, None, None
 
     def install(self) -> None:
         build, sample, generate, save = model_set.build, rollout.sample, rollout.generate, checkpoint.save
+        train_step = train.train_step
 
         def recording_build(config, device):
             model, reward, info = build(config, device)
@@ -294,15 +295,24 @@ class Probe:
             self.model, self.model_parameters = model, len(list(model.parameters()))
             return model, reward, info
 
+        def recording_step(*args, **kwargs):
+            self.in_step = True
+            try:
+                return train_step(*args, **kwargs)
+            finally:
+                self.in_step = False
+
         def recording_sample(model, tokenizer, texts, *args, **kwargs):
-            self.record["rollout_prompts"].append(texts)
+            if self.in_step:
+                self.record["rollout_prompts"].append(texts)
             return sample(model, tokenizer, texts, *args, **kwargs)
 
         def recording_generate(model, tokenizer, prompt_ids, *args, **kwargs):
             self.generating = True
             sampled = generate(model, tokenizer, prompt_ids, *args, **kwargs)
             self.generating = False
-            self.record["generated_tokens"].append(sampled.sequences.shape[1] - prompt_ids.shape[1])
+            if self.in_step:
+                self.record["generated_tokens"].append(sampled.sequences.shape[1] - prompt_ids.shape[1])
             return sampled
 
         def save_then_crash(run_dir, step, *args, **kwargs):
@@ -311,8 +321,8 @@ class Probe:
                 raise SystemExit(f"probe: simulated crash after checkpoint-{step}")
             return target
 
-        model_set.build, rollout.sample, rollout.generate, checkpoint.save = (
-            recording_build, recording_sample, recording_generate, save_then_crash)
+        model_set.build, rollout.sample, rollout.generate, checkpoint.save, train.train_step = (
+            recording_build, recording_sample, recording_generate, save_then_crash, recording_step)
         if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
             self.install_deepspeed()
 

@@ -149,3 +149,27 @@ def test_check_finite_names_quantity_and_step():
         core.check_finite("policy loss", torch.tensor([1.0, float("nan")]), 7)
     with pytest.raises(FloatingPointError, match="step 8: scores"):
         core.check_finite("scores", torch.tensor([float("inf")]), 8)
+
+
+@pytest.mark.parametrize("start_coef", [0.01, 1.0])
+def test_adaptive_kl_brings_a_toy_policy_to_the_target_kl(start_coef):
+    """A softmax policy over 8 tokens chases the optimum of reward - beta * KL (pi* ~ pi_ref * exp(r / beta)) a fifth
+    of the way per step, as PPO does over a few updates; the controller sets beta from the KL it measures. From a beta
+    far too small (the policy runs off toward the best token) or far too large (it hardly moves), the KL settles at
+    the target."""
+    ref_logits = torch.linspace(1.0, -1.0, 8)
+    reward = torch.linspace(-1.0, 3.0, 8)
+    ref = torch.log_softmax(ref_logits, -1)
+    logits = ref_logits.clone()
+    target = 0.5
+    ctl = core.kl_controller(start_coef, target=target, horizon=200)
+    kls = []
+    for _ in range(400):
+        optimum = ref + reward / ctl.value
+        logits = logits + 0.2 * (optimum - logits)
+        logp = torch.log_softmax(logits, -1)
+        kl = float((logp.exp() * (logp - ref)).sum())
+        kls.append(kl)
+        ctl.update(kl, n_steps=16)
+    assert max(kls[:20]) > 1.5 * target or min(kls[:20]) < 0.5 * target  # it did not start at the target
+    assert abs(sum(kls[-50:]) / 50 - target) < 0.05 * target, kls[-50:]

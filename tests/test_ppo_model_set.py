@@ -134,7 +134,7 @@ def test_policy_and_value_passes_one_after_the_other_give_the_combined_gradients
 
 
 def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):
-    model, reward, _ = model_set.build(config(ppo_runs), "cpu")
+    model, reward, _ = model_set.build(config(ppo_runs, score_stats="reward_data"), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))
     classifier, reward_tokenizer = load_reward_model(str(ppo_runs["rm"]))
     ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
@@ -209,4 +209,5 @@ def test_inconsistent_config_is_an_error(ppo_runs, overrides, message):
 
 def test_normalising_without_reward_statistics_is_an_error(ppo_runs):
     with pytest.raises(ConfigError, match="no reward statistics"):
-        model_set.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", normalize_scores=True), "cpu")
+        model_set.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", normalize_scores=True,
+                               score_stats="reward_data"), "cpu")

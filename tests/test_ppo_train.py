@@ -28,6 +28,11 @@ def count_e(prompts, responses):
     return [r.count("e") for r in responses]
 
 
+def gold_e(prompt, response):
+    """A gold judge for the held-out evaluation: at least two letters 'e'."""
+    return float(response.count("e") >= 2)
+
+
 def nan_on_third_call(prompts, responses):
     CALLS["n"] += 1
     return [math.nan if CALLS["n"] == 3 else 1.0 for _ in responses]
@@ -59,12 +64,15 @@ def test_mean_score_rises_while_kl_stays_bounded(ppo_runs, tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path):
-    # Adaptive KL so that the controller's state matters too.
-    straight = ppo_config(ppo_runs, tmp_path / "straight", max_steps=4, kl_target=0.5, kl_horizon=100)
+    # Adaptive KL, scores normalised with the starting policy's statistics and a held-out evaluation against the
+    # starting policy's gold scores, so that all of the state a checkpoint keeps matters.
+    keys = dict(kl_target=0.5, kl_horizon=100, normalize_scores=True, score_stats_rows=16,
+                eval_dataset_path=str(ppo_runs["prompts"]), gold_judge="test_ppo_train:gold_e", eval_steps=1)
+    straight = ppo_config(ppo_runs, tmp_path / "straight", max_steps=4, **keys)
     train.run(straight)
-    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=2, kl_target=0.5, kl_horizon=100))
+    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=2, **keys))
     assert runs.is_finished(tmp_path / "resumed")
-    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=4, kl_target=0.5, kl_horizon=100))
+    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=4, **keys))
 
     final = {name: load_file(tmp_path / name / "final" / ADAPTER_WEIGHTS) for name in ("straight", "resumed")}
     assert final["straight"].keys() == final["resumed"].keys()
@@ -73,15 +81,80 @@ def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path):
     at_step_2 = load_file(tmp_path / "straight" / runs.CHECKPOINTS / "checkpoint-2" / "policy" / ADAPTER_WEIGHTS)
     assert any(not torch.equal(at_step_2[k], final["straight"][k]) for k in at_step_2)  # steps 3-4 changed it
     straight_metrics, resumed_metrics = (runs.MetricsFile(tmp_path / n).read() for n in ("straight", "resumed"))
-    assert [m["step"] for m in resumed_metrics] == [1, 2, 3, 4]
-    for a, b in zip(straight_metrics, resumed_metrics):
+    assert [m["step"] for m in resumed_metrics] == [0, 1, 2, 3, 4]
+    for a, b in zip(straight_metrics[1:], resumed_metrics[1:]):
         assert a["ppo/score_mean"] == b["ppo/score_mean"]
         assert a["ppo/kl_coef"] == pytest.approx(b["ppo/kl_coef"], rel=1e-6)
-    assert straight_metrics[-1]["ppo/kl_coef"] != straight_metrics[0]["ppo/kl_coef"]
+        assert a["eval/win_rate"] == b["eval/win_rate"]
+        assert a["eval/kl"] == pytest.approx(b["eval/kl"], abs=1e-6)
+    assert straight_metrics[-1]["ppo/kl_coef"] != straight_metrics[1]["ppo/kl_coef"]
+    states = [json.loads((tmp_path / n / runs.CHECKPOINTS / "checkpoint-4" / STATE).read_text())
+              for n in ("straight", "resumed")]
+    assert states[0]["score_normalization"] == states[1]["score_normalization"]
+    assert states[0]["eval_baseline_gold"] == states[1]["eval_baseline_gold"]
     completions = runs.MetricsFile(tmp_path / "resumed", runs.COMPLETIONS).read()
     assert sorted({c["step"] for c in completions}) == [2, 4]
     kept = runs.complete_checkpoints(tmp_path / "resumed")
     assert [p.name for p in kept] == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_scores_are_normalised_with_the_starting_policys_statistics(ppo_runs, tmp_path):
+    config = ppo_config(ppo_runs, tmp_path / "run", max_steps=1, normalize_scores=True, score_stats_rows=64,
+                        learning_rate=0.0)
+    train.run(config)
+    state = json.loads((tmp_path / "run" / runs.CHECKPOINTS / "checkpoint-1" / STATE).read_text())
+    stats = state["score_normalization"]
+    assert stats["rows"] == 64 and stats["std"] > 0
+    first = runs.MetricsFile(tmp_path / "run").read()[0]
+    # Step 1 samples the same starting policy: its raw mean score lies within a few standard errors of the mean.
+    assert abs(first["ppo/score_mean"] - stats["mean"]) < 4 * stats["std"] / (config.batch_size ** 0.5)
+
+
+def test_held_out_evaluation_is_logged_from_the_starting_policy_on(ppo_runs, tmp_path):
+    config = ppo_config(ppo_runs, tmp_path / "run", max_steps=3, eval_dataset_path=str(ppo_runs["prompts"]),
+                        gold_judge="test_ppo_train:gold_e", eval_steps=2)
+    summary = train.run(config)
+    rows = {m["step"]: m for m in runs.MetricsFile(tmp_path / "run").read()}
+    assert sorted(rows) == [0, 1, 2, 3]
+    assert {"eval/gold_score", "eval/rm_score", "eval/kl"} <= rows[0].keys() and "eval/win_rate" not in rows[0]
+    assert abs(rows[0]["eval/kl"]) < 1e-3  # the starting policy is the reference
+    assert not any(k.startswith("eval/") for k in rows[1])
+    for step in (2, 3):  # every eval_steps, and at the end
+        assert {"eval/gold_score", "eval/rm_score", "eval/kl", "eval/win_rate"} <= rows[step].keys()
+        assert 0.0 <= rows[step]["eval/win_rate"] <= 1.0
+    assert summary["eval/gold_score"] == rows[3]["eval/gold_score"]
+
+
+
+def test_held_out_samples_do_not_depend_on_the_process_layout(ppo_runs, tmp_path, monkeypatch):
+    from rlhf.models import load_tokenizer
+    from rlhf.ppo import evaluation, model_set, rollout
+
+    config = ppo_config(ppo_runs, tmp_path / "unused")
+    model, reward, _ = model_set.build(config, "cpu")
+    tokenizer = load_tokenizer(config.policy_path, padding_side="left")
+    prompts = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length).prompts[:20]
+
+    def rows(scoring_rows, process_index=0, num_processes=1):
+        settings = rollout.Settings(6, 1.0, 1.0, scoring_rows=scoring_rows)
+        return evaluation.sample_and_score(evaluation.Probe(model, reward, tokenizer, settings, "cpu", process_index,
+                                                            num_processes), prompts, seed=7)
+
+    def assert_same(got, expected):  # the same samples; scores up to the rounding of other batch shapes
+        assert [(r["prompt"], r["response"]) for r in got] == [(r["prompt"], r["response"]) for r in expected]
+        for name in ("score", "kl"):
+            assert [r[name] for r in got] == pytest.approx([r[name] for r in expected], abs=1e-5)
+
+    one_process = rows(scoring_rows=8)
+    assert len(one_process) == len(prompts) == 20  # 3 chunks: 8, 8 and 4 rows
+    assert len({row["response"] for row in one_process}) > 1
+    assert_same(rows(scoring_rows=2), one_process)
+    shares = []  # two processes, each keeping what it would contribute to the gather
+    monkeypatch.setattr(evaluation, "gathered", lambda items, n: shares.extend(items) or items)
+    for index in (0, 1):
+        rows(scoring_rows=4, process_index=index, num_processes=2)
+    assert_same([row for _, chunk in sorted(shares, key=lambda item: item[0]) for row in chunk], one_process)
+
 
 
 def test_nan_score_stops_with_step_and_quantity_and_keeps_the_last_checkpoint(ppo_runs, tmp_path):

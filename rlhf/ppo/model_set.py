@@ -220,18 +220,24 @@ def load_adapter_weights(peft_model, adapter: str, weights: dict[str, torch.Tens
                           f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
 
 
-def value_head(hidden_size: int, score: dict[str, torch.Tensor] | None, stats: dict[str, float] | None) -> nn.Linear:
-    """Scalar head on hidden states. Zero at the start, or the reward model's score head (rescaled to the
-    normalised score PPO sees when `stats` is given), so that the first values already predict the reward."""
+def value_head(hidden_size: int, score: dict[str, torch.Tensor] | None) -> nn.Linear:
+    """Scalar head on hidden states: zero at the start, or the reward model's score head, so that the first values
+    already predict the reward (`normalise_head` then puts them on the normalised scale PPO sees)."""
     head = nn.Linear(hidden_size, 1)
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
         if score is not None:
-            scale, shift = (1.0 / stats["std"], -stats["mean"] / stats["std"]) if stats else (1.0, 0.0)
-            head.weight.copy_(score["weight"].float().reshape(1, -1) * scale)
-            head.bias.fill_(float(score["bias"].reshape(())) * scale + shift if "bias" in score else shift)
+            head.weight.copy_(score["weight"].float().reshape(1, -1))
+            head.bias.fill_(float(score["bias"].reshape(())) if "bias" in score else 0.0)
     return head
+
+
+@torch.no_grad()
+def normalise_head(head: nn.Linear, stats: dict[str, float]) -> None:
+    """Rescale a head copied from the reward model to predict (score - mean) / std."""
+    head.weight.div_(stats["std"])
+    head.bias.sub_(stats["mean"]).div_(stats["std"])
 
 
 def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, Any]]:
@@ -259,7 +265,10 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
             add_lora(peft_model, VALUE, shared)
         else:
             peft_model.add_adapter(VALUE, lora_config(config))
-    head = value_head(base.config.hidden_size, shared.score if shared else None, rewards.score_normalization(config, stats))
+    head = value_head(base.config.hidden_size, shared.score if shared else None)
+    known = rewards.score_normalization(config, stats)  # the reward run's statistics, when they normalise
+    if shared and known:
+        normalise_head(head, known)
     model = PolicyValueModel(peft_model, head, config.value_model)
     if config.reward_fn:
         reward: rewards.Reward = rewards.load_reward_fn(config.reward_fn)
@@ -274,6 +283,7 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
     if isinstance(reward, rewards.ModelReward):
         info["reward"] += ("; it reads the rollout's tokens" if reward.tail is not None
                            else "; its tokenizer or template differs from the policy's, so it re-tokenizes text")
+    info["value_from_reward"] = shared is not None  # the value head starts as the reward's score head
     info["trainable_parameters"] = sum(p.numel() for p in model.trainable_parameters())
     info["reward_parameters"] = added_parameters(reward.modules, model)
     return model, reward, info

@@ -162,15 +162,21 @@ def shares_base(reward: ModelSource, policy: ModelSource) -> tuple[bool, str]:
     return True, "the reward adapter was trained on the PPO base"
 
 
-def score_normalization(config, stats: dict[str, float] | None) -> dict[str, float] | None:
-    """The {"mean", "std"} to normalise scores with, or None. `normalize_scores: null` = when the reward model
-    has statistics."""
+def normalizes_scores(config, stats: dict[str, float] | None) -> bool:
+    """Whether scores are normalised: `normalize_scores`; when null, for any reward model if the statistics are
+    measured on the policy (`score_stats: policy`), else when the reward run recorded them."""
     if config.normalize_scores is None:
-        return stats
-    if config.normalize_scores and stats is None:
+        return bool(config.reward_model_path) if config.score_stats == "policy" else stats is not None
+    if config.normalize_scores and config.score_stats == "reward_data" and stats is None:
         raise ConfigError(f"normalize_scores is true but there are no reward statistics ({runs.REWARD_STATS} in the "
-                          f"reward model's run directory)")
-    return stats if config.normalize_scores else None
+                          f"reward model's run directory); set score_stats: policy to measure them on the policy")
+    return config.normalize_scores
+
+
+def score_normalization(config, stats: dict[str, float] | None) -> dict[str, float] | None:
+    """The reward run's {"mean", "std"} when scores are normalised with them (`score_stats: reward_data`), else None
+    (not normalised, or measured on the policy when the run starts: see evaluation.measure_score_stats)."""
+    return stats if config.score_stats == "reward_data" and normalizes_scores(config, stats) else None
 
 
 def shared_reward(hidden_states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], base: nn.Module,

@@ -35,6 +35,7 @@ class PPOStageConfig:
     max_new_tokens: int = key(64, "response length limit")
     temperature: float = key(1.0, "sampling temperature (log-probs are taken at the same temperature)")
     top_p: float = key(1.0, "nucleus sampling; below 1 the samples no longer follow the log-probs PPO uses")
+    top_k: int = key(0, "sample from the k most likely tokens only; 0 = the full distribution (what the log-probs follow)")
     kl_coef: float = key(0.05, "KL penalty coefficient (the start value when kl_target is set)")
     kl_target: float | None = key(None, "adaptive KL: target KL per sequence in nats (null: fixed kl_coef)")
     kl_horizon: int = key(10000, "adaptive KL horizon, in rollout rows")
@@ -45,7 +46,10 @@ class PPOStageConfig:
     clip_range_value: float = key(0.2, "value clip around the rollout's values")
     vf_coef: float = key(0.1, "weight of the value loss")
     whiten_rewards: bool = key(False, "rescale per-token rewards to unit variance before GAE")
-    normalize_scores: bool | None = key(None, "normalise scores with the reward model's mean/std (null: when known)")
+    normalize_scores: bool | None = key(None, "normalise scores to mean 0, std 1 (null: for a reward model)")
+    score_stats: str = key("policy", "normalising mean/std: policy (measured on the starting policy's samples of the "
+                                     "PPO prompts when the run starts) | reward_data (the reward run's reward_stats.json)")
+    score_stats_rows: int = key(256, "samples the policy's score statistics are measured on")
     score_clip: float | None = key(None, "clip (normalised) scores to [-score_clip, score_clip]")
     missing_eos_penalty: float | None = key(None, "subtracted from the score of responses cut off without EOS")
     lora_r: int = key(16, "policy (and fresh value) LoRA rank")
@@ -53,6 +57,10 @@ class PPOStageConfig:
     lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
     value_model: str = key("lora_head", "lora_head (own LoRA + head) | policy_head (head on the policy's states)")
     save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
+    eval_dataset_path: str | None = key(None, "held-out prompts evaluated during training (eval/* metrics)")
+    eval_steps: int = key(0, "evaluate the held-out prompts at the start and every this many steps (0: only at the end)")
+    gold_judge: str | None = key(None, "module:function(prompt, response) -> gold score, for eval/gold_score and "
+                                       "eval/win_rate against the starting policy")
     log_completions_steps: int = key(10, "sample completions to completions.jsonl (and W&B) every this many steps")
     dtype: str = key("auto", "auto (bf16 on a GPU that has it, else fp32) | bfloat16 | float16 | float32")
 
@@ -63,7 +71,8 @@ class PPOStageConfig:
         if bool(self.reward_model_path) == bool(self.reward_fn):
             raise ConfigError("set exactly one of reward_model_path and reward_fn")
         positive = ("max_steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
-                    "max_new_tokens", "save_steps", "log_completions_steps", "max_prompt_length", "lora_r")
+                    "max_new_tokens", "save_steps", "log_completions_steps", "max_prompt_length", "lora_r",
+                    "score_stats_rows")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -74,6 +83,7 @@ class PPOStageConfig:
             raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not divisible by "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
         choices = {"lr_scheduler": SCHEDULERS, "value_model": VALUE_MODELS, "kl_estimator": ("k1", "k3"),
+                   "score_stats": ("policy", "reward_data"),
                    "dtype": ("auto", "bfloat16", "float16", "float32")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -82,6 +92,12 @@ class PPOStageConfig:
             raise ConfigError(f"temperature must be positive (PPO samples), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must not be negative (0 = the full distribution), got {self.top_k}")
+        if self.eval_steps < 0:
+            raise ConfigError(f"eval_steps must not be negative, got {self.eval_steps}")
+        if self.gold_judge and not self.eval_dataset_path:
+            raise ConfigError("gold_judge is set but eval_dataset_path (the held-out prompts it judges) is not")
         if self.kl_target is not None and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be positive, got {self.kl_target}")
         if min(self.kl_coef, self.clip_range, self.clip_range_value, self.vf_coef, self.learning_rate) < 0:

@@ -16,8 +16,8 @@ import torch
 from rlhf import runs
 from rlhf.config import command_main, config_to_dict
 from rlhf.models import load_tokenizer
-from rlhf.ppo import checkpoint, core, distributed, model_set, rollout
-from rlhf.ppo.rewards import Reward, score_normalization
+from rlhf.ppo import checkpoint, core, distributed, evaluation, model_set, rollout
+from rlhf.ppo.rewards import Reward, normalizes_scores, score_normalization
 from rlhf.ppo.stage_config import PPOStageConfig
 from rlhf.ppo.update import ppo_update
 
@@ -42,10 +42,23 @@ class PPORun:
     settings: rollout.Settings
     start: int  # the last step already done (when resuming)
     info: dict[str, Any]
+    held_out: evaluation.HeldOut | None  # the held-out evaluation, when eval_dataset_path is set
 
     @property
     def policy(self) -> model_set.PolicyValueModel:
         return self.accelerator.unwrap_model(self.model)
+
+    def probe(self) -> evaluation.Probe:
+        """Sampling for the held-out evaluation, with the prepared model's weights whole while generating."""
+        return evaluation.Probe(self.policy, self.reward, self.tokenizer, self.settings, self.accelerator.device,
+                                self.accelerator.process_index, self.accelerator.num_processes,
+                                lambda: distributed.weights_for_generation(self.model, self.accelerator))
+
+    def state(self, step: int) -> dict[str, Any]:
+        """What a checkpoint keeps besides weights and optimizer, for an exact resume."""
+        return {"prompts_seen": step * self.config.batch_size, "kl_controller": self.kl_control.state_dict(),
+                "score_normalization": self.normalization,
+                "eval_baseline_gold": self.held_out.baseline_gold if self.held_out else None}
 
 
 @dataclass
@@ -86,15 +99,21 @@ def estimate_advantages(ro: rollout.Rollout, config: PPOStageConfig, kl_coef: fl
     return Advantages(scores, rewards, kl, core.masked_whiten(advantages, ro.mask), returns)
 
 
-def build_and_prepare(config: PPOStageConfig, accelerator):
-    """(prepared model, optimizer, scheduler, reward, facts for the log): the model set built alike on every process,
-    then handed to accelerate (and DeepSpeed) together with its optimizer."""
+def build_and_prepare(config: PPOStageConfig, accelerator, measure: bool = True):
+    """(prepared model, optimizer, scheduler, reward, score normalisation, facts for the log): the model set built
+    alike on every process, the score statistics measured on it when `measure` (a resumed run reads them from its
+    checkpoint), then handed to accelerate (and DeepSpeed) together with its optimizer."""
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     set_seed(config.seed)  # the same fresh adapters on every process
     with distributed.whole_models(accelerator):
         model, reward, info = model_set.build(config, accelerator.device)
+    normalization = score_normalization(config, reward.stats)
+    if measure and config.score_stats == "policy" and normalizes_scores(config, reward.stats):
+        normalization = starting_score_stats(config, model.to(accelerator.device), reward, accelerator)
+        if info["value_from_reward"]:
+            model_set.normalise_head(model.value_head, normalization)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=0,
                               num_training_steps=config.optimizer_steps())
@@ -102,7 +121,26 @@ def build_and_prepare(config: PPOStageConfig, accelerator):
                                     config.gradient_accumulation_steps, config.mini_batch_size, config.max_grad_norm)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.unwrap_model(model).eval()
-    return model, optimizer, scheduler, reward, info
+    return model, optimizer, scheduler, reward, normalization, info
+
+
+def starting_score_stats(config: PPOStageConfig, model, reward, accelerator) -> dict[str, float]:
+    """The reward's mean and std on the starting policy's samples of the PPO prompts (before any update)."""
+    tokenizer = load_tokenizer(config.policy_path, padding_side="left")
+    prompts = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length).prompts
+    probe = evaluation.Probe(model, reward, tokenizer, sampling_settings(config, accelerator.num_processes),
+                             accelerator.device, accelerator.process_index, accelerator.num_processes)
+    stats = evaluation.measure_score_stats(probe, prompts, config.score_stats_rows, config.seed)
+    if accelerator.is_main_process:
+        print(f"score statistics on {stats['rows']} samples of the starting policy: mean {stats['mean']:.4g}, "
+              f"std {stats['std']:.4g}")
+    return stats
+
+
+def sampling_settings(config: PPOStageConfig, num_processes: int) -> rollout.Settings:
+    """How the policy samples, the same for training rollouts, score statistics and held-out evaluation."""
+    return rollout.Settings(config.max_new_tokens, config.temperature, config.top_p,
+                            scoring_rows=config.per_process(num_processes)[1], top_k=config.top_k)
 
 
 def setup(config: PPOStageConfig) -> PPORun:
@@ -117,20 +155,23 @@ def setup(config: PPOStageConfig) -> PPORun:
         step_scheduler_with_optimizer=False,  # the scheduler steps once per optimizer step, on any process count
         project_config=ProjectConfiguration(project_dir=config.output_dir,
                                             logging_dir=str(Path(config.output_dir) / "tensorboard")))
-    _, micro = config.per_process(accelerator.num_processes)
     tokenizer = load_tokenizer(config.policy_path, padding_side="left")
     data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)  # bad rows fail here
+    held_out = evaluation.held_out(config, tokenizer)
     run_dir = Path(config.output_dir)
     resume = runs.prepare(run_dir, config, accelerator.is_main_process, accelerator.wait_for_everyone)
 
-    model, optimizer, scheduler, reward, info = build_and_prepare(config, accelerator)
+    model, optimizer, scheduler, reward, normalization, info = build_and_prepare(config, accelerator,
+                                                                                 measure=not resume)
     kl_control = core.kl_controller(config.kl_coef, config.kl_target, config.kl_horizon)
     set_seed(config.seed, device_specific=True)  # each process samples from its own stream
     start = 0
     if resume:
         state = checkpoint.load(resume, model, optimizer, scheduler, accelerator)
         kl_control.load_state_dict(state["kl_controller"])
-        start = state["step"]
+        normalization, start = state["score_normalization"], state["step"]
+        if held_out:
+            held_out.baseline_gold = state["eval_baseline_gold"]
     if accelerator.is_main_process:
         print(f"reward: {info['reward']}; it adds {info['reward_parameters']:,} parameters to the base; "
               f"{len(data.prompts)} prompts ({data.too_long} too long, dropped); "
@@ -139,9 +180,9 @@ def setup(config: PPOStageConfig) -> PPORun:
         (run_dir / runs.SUMMARY).unlink(missing_ok=True)  # a finished run extended to more steps is unfinished again
     hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config_to_dict(config).items()}
     accelerator.init_trackers(os.environ.get("WANDB_PROJECT", "rlhf"), config=hparams)  # TensorBoard: scalars only
-    settings = rollout.Settings(config.max_new_tokens, config.temperature, config.top_p, scoring_rows=micro)
     return PPORun(config, accelerator, run_dir, tokenizer, data, model, optimizer, scheduler, reward,
-                  score_normalization(config, reward.stats), kl_control, settings, start, info)
+                  normalization, kl_control, sampling_settings(config, accelerator.num_processes), start, info,
+                  held_out)
 
 
 def train_step(ppo: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollout, Advantages]:
@@ -186,6 +227,13 @@ def train_step(ppo: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollou
     return metrics, ro, learn
 
 
+def log_metrics(ppo: PPORun, step: int, metrics: dict[str, float]) -> None:
+    """A step's metrics to metrics.jsonl and the trackers."""
+    if ppo.accelerator.is_main_process:
+        runs.MetricsFile(ppo.run_dir).log(step, metrics)
+    ppo.accelerator.log(metrics, step=step)
+
+
 def log_completions(ppo: PPORun, step: int, ro: rollout.Rollout, scores: torch.Tensor) -> None:
     """A few samples of the rollout, to completions.jsonl and (if used) a W&B table."""
     shown = [{"prompt": p if isinstance(p, str) else json.dumps(p, ensure_ascii=False), "response": text,
@@ -226,26 +274,29 @@ def run(config: PPOStageConfig) -> dict[str, Any]:
     ppo = setup(config)
     main_process = ppo.accelerator.is_main_process
     metrics: dict[str, float] = {}
+    if ppo.held_out and ppo.start == 0:  # the starting policy: KL 0, and the gold scores later steps are compared with
+        start_metrics, rows = ppo.held_out.evaluate(ppo.probe())
+        ppo.held_out.baseline_gold = [r["gold"] for r in rows] if ppo.held_out.judge else None
+        log_metrics(ppo, 0, start_metrics)
     progress = tqdm(total=config.max_steps, initial=ppo.start, disable=not main_process, desc="ppo")
     for step in range(ppo.start + 1, config.max_steps + 1):
         metrics, ro, learn = train_step(ppo, step)
-        if main_process:
-            runs.MetricsFile(ppo.run_dir).log(step, metrics)
-            if step % config.log_completions_steps == 0:
-                log_completions(ppo, step, ro, learn.scores)
-        ppo.accelerator.log(metrics, step=step)
+        if ppo.held_out and (step == config.max_steps or (config.eval_steps and step % config.eval_steps == 0)):
+            metrics.update(ppo.held_out.evaluate(ppo.probe())[0])
+        log_metrics(ppo, step, metrics)
+        if main_process and step % config.log_completions_steps == 0:
+            log_completions(ppo, step, ro, learn.scores)
         progress.update(1)
         progress.set_postfix(score=f"{metrics['ppo/score_mean']:.3f}", kl=f"{metrics['ppo/kl']:.3f}")
         if step % config.save_steps == 0 or step == config.max_steps:
-            checkpoint.save(ppo.run_dir, step, ppo.model, ppo.optimizer, ppo.scheduler,
-                            {"prompts_seen": step * config.batch_size, "kl_controller": ppo.kl_control.state_dict()},
+            checkpoint.save(ppo.run_dir, step, ppo.model, ppo.optimizer, ppo.scheduler, ppo.state(step),
                             ppo.accelerator)
     progress.close()
     return finish(ppo, metrics)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print({k: v for k, v in summary.items() if k.startswith(("ppo/score", "ppo/kl", "global_step"))})
+    print({k: v for k, v in summary.items() if k.startswith(("ppo/score", "ppo/kl", "eval/", "global_step"))})
 
 
 def main(argv: list[str]) -> int:
