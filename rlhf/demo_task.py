@@ -46,6 +46,7 @@ CLOSERS = ("", " Hope this helps.", " Have fun!", " Thanks for asking.")
 NAME_CLOSERS = (" Hope this helps, {name}.", " Have fun, {name}!", " Thanks for asking, {name}.")
 SPLITS = {"sft": 1200, "label_prompts": 400, "ppo_prompts": 400, "eval_prompts": 200}  # prompts per split
 _PROMPT = re.compile(r"I am (\w+)\. (?:Describe|Tell me about) a (\w+) (\w+)\.")
+_NAME = re.compile(r"\b(?:" + "|".join(NAMES) + r")\b")
 
 
 # ---- requests and answers ------------------------------------------------------------------------
@@ -105,6 +106,18 @@ def gold_score(prompt: Any, response: str) -> float:
             if fits and text[len(opener):len(text) - len(closer)] in cores:
                 best = max(best, 1.0 if named_open or named_close else 0.5)
     return best
+
+
+def outcome(prompt: Any, response: str) -> str:
+    """The kind of answer, for the seed sweep's breakdown: "right name" (gold 1.0), "no name" (0.5), "wrong name"
+    (correct once every name in it is the requester's) or "broken" (anything else)."""
+    score = gold_score(prompt, response)
+    if score > 0:
+        return "right name" if score == 1.0 else "no name"
+    request = parse_prompt(prompt)
+    if request is not None and gold_score(prompt, _NAME.sub(request["name"], response)) == 1.0:
+        return "wrong name"
+    return "broken"
 
 
 def judge(prompt: Any, response_a: str, response_b: str) -> str:

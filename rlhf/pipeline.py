@@ -1,6 +1,7 @@
 """`rlhf pipeline --config configs/demo/pipeline.yaml`: every stage in order, into one run folder.
 
-Stages whose output is complete are skipped, so the same command resumes an interrupted pipeline."""
+Stages whose output is complete are skipped, so the same command resumes an interrupted pipeline. With `--seeds 0,1,2`
+it runs once per seed into OUTPUT_DIR/seed-N and summarises the seeds in OUTPUT_DIR/sweep.md (rlhf.sweep)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from reward.labeling.generate import generate_pairs
 from reward.labeling.simulate import simulate_annotators
 from reward.labeling.stats import compute_stats
 from reward.labeling.store import Store
-from rlhf import evaluate, report, runs, sft
+from rlhf import evaluate, report, runs, sft, sweep
 from rlhf.config import command_main, import_function, key, load_config, save_config
 from rlhf.ppo import train as ppo_stage
 from rlhf.ppo.stage_config import PPOStageConfig
@@ -37,6 +38,8 @@ from rlhf.tiny import make_tiny_model
 class PipelineConfig:
     output_dir: str = key("runs/demo", "the pipeline's run folder (one sub-folder per stage)")
     seed: int = key(0, "seed of every stage")
+    seeds: list[int] = key([], "a seed sweep, e.g. 0,1,2: one pipeline per seed into output_dir/seed-N (instead of "
+                               "seed), then output_dir/sweep.json and sweep.md")
     report_to: Any = key("none", "tracker of every stage: none | wandb | tensorboard (one W&B group per pipeline)")
     base_model: str | None = key(None, "model to start from (name or folder); null: build a tiny model offline")
     tiny_arch: str = key("llama", "architecture of the tiny base model")
@@ -58,9 +61,15 @@ class PipelineConfig:
     annotator_rule: str = key("rlhf.demo_task:judge", "module:function judging (prompt, a, b) -> 'a' | 'b' | 'tie'")
     annotator_noise: float = key(0.1, "probability that an annotator answers with a coin flip")
     min_votes: int = key(2, "pairs with fewer votes are not exported")
-    eval_prompts: str = key("configs/demo/eval_prompts.jsonl", "held-out prompts for the final evaluation")
+    keep_ties: bool = key(False, "export tied pairs too (both orders, margin 0: the reward model learns they are equal)")
+    eval_prompts: str = key("configs/demo/eval_prompts.jsonl", "held-out prompts: the final evaluation, and PPO's evaluation during training")
     gold_judge: str | None = key("rlhf.demo_task:gold_score", "module:function(prompt, response) -> gold score")
     eval_max_new_tokens: int = key(48, "length limit of the evaluation samples")
+    gold_outcome: str | None = key("rlhf.demo_task:outcome",
+                                   "module:function(prompt, response) -> kind, for the sweep's breakdown")
+
+    def __post_init__(self):
+        self.seeds = sweep.parse_seeds(self.seeds)
 
 
 def stage_config(cls, yaml_path: str, wiring: dict, overrides: dict, config: PipelineConfig):
@@ -95,7 +104,7 @@ def collect_labels(config: PipelineConfig, root: Path) -> None:
     written = simulate_annotators(folder / "labels.sqlite", import_function(config.annotator_rule, "annotator_rule"), config.annotators,
                                   config.annotator_noise, config.seed)
     print(f"  {config.annotators} simulated annotators wrote {written} labels")
-    result = export_file(store, folder / "prefs.jsonl", min_votes=config.min_votes)
+    result = export_file(store, folder / "prefs.jsonl", min_votes=config.min_votes, keep_ties=config.keep_ties)
     print("  " + result.summary().replace("\n", "\n  "))
     runs.write_json(compute_stats(store), folder / "stats.json")
 
@@ -108,7 +117,8 @@ def train_reward(config: PipelineConfig, root: Path) -> None:
 
 def train_ppo(config: PipelineConfig, root: Path) -> None:
     wiring = {"policy_path": str(root / "sft"), "reward_model_path": str(root / "rm"),
-              "output_dir": str(root / "ppo")}
+              "output_dir": str(root / "ppo"), "eval_dataset_path": config.eval_prompts,
+              "gold_judge": config.gold_judge}
     ppo_stage.run(stage_config(PPOStageConfig, config.ppo_config, wiring, config.ppo_overrides, config))
 
 
@@ -137,8 +147,10 @@ STAGES: dict[str, tuple[Callable[[PipelineConfig, Path], None], Callable[[Pipeli
 }
 
 
-def run(config: PipelineConfig) -> dict[str, float]:
-    """Run (or finish) every stage; returns seconds per stage (0 for skipped ones)."""
+def run(config: PipelineConfig) -> dict[str, Any]:
+    """Run (or finish) every stage; returns seconds per stage (0 for skipped ones), per seed for a sweep."""
+    if config.seeds:
+        return sweep.run(config, run)
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     save_config(config, root / "pipeline.yaml")

@@ -117,3 +117,29 @@ def test_command_line_help_and_errors(capsys):
         demo_task.main(["--sed", "1"])
     with pytest.raises(ConfigError, match="seed must be an integer"):
         demo_task.main(["--seed", "one"])
+
+
+@pytest.mark.parametrize("response, kind", [
+    ("Sure, Anna! A red apple is sweet.", "right name"),
+    ("A red apple is sweet. Have fun, Anna!", "right name"),
+    ("Hello Anna! A red apple is sweet. Hope this helps, Anna.", "right name"),  # the name in opener and closer
+    ("Okay. The apple is red and fresh.", "no name"),
+    ("A red apple is sweet.", "no name"),
+    ("Sure, Ben! A red apple is sweet.", "wrong name"),
+    ("This red apple looks fresh. Thanks for asking, Zoe.", "wrong name"),
+    ("Hello Ben! A red apple is sweet. Hope this helps, Anna.", "wrong name"),  # right and wrong name
+    ("Hello Ben! A red apple is sweet. Hope this helps, Cleo.", "wrong name"),  # two other names
+    ("Sure, Bob! A red apple is sweet.", "broken"),  # not a name of the task
+    ("Sure, Ben! A blue apple is sweet.", "broken"),  # wrong colour as well as the wrong name
+    ("Sure, Anna! A red apple is sweet. Anna", "broken"),
+    ("Ben", "broken"),
+    ("", "broken"),
+])
+def test_outcome_kinds_on_hand_written_answers(response, kind):
+    assert demo_task.outcome(PROMPT, response) == kind
+    assert demo_task.gold_score(PROMPT, response) == {"right name": 1.0, "no name": 0.5}.get(kind, 0.0)
+
+
+def test_outcome_of_a_request_outside_the_language_is_broken():
+    assert demo_task.outcome("Describe a red apple.", "Sure, Ben! A red apple is sweet.") == "broken"
+    assert demo_task.outcome("I am Ben. Describe a red apple.", "Sure, Ben! A red apple is sweet.") == "right name"

@@ -81,3 +81,33 @@ def test_report_config_and_errors(tmp_path, capsys):
     text = capsys.readouterr().out
     for name in ("run_dirs", "out", "metrics"):
         assert f"--{name} (default " in text
+
+
+def _ppo_with_evals(path, evals):
+    """A PPO run logging training metrics every step and `evals` (name -> value per eval) every second step."""
+    records = [(s, {m: s * 0.1 for m in PPO}) for s in range(1, 7)]
+    records += [(s, {"eval/kl": 0.5 * s, **{name: f(s) for name, f in evals.items()}}) for s in (2, 4, 6)]
+    return _run(path, records)
+
+
+def test_evaluations_add_the_overoptimization_panel(tmp_path):
+    run = _ppo_with_evals(tmp_path / "ppo", {"eval/gold_score": lambda s: 1 - (s - 4) ** 2 / 10,
+                                             "eval/rm_score": lambda s: s / 2, "eval/win_rate": lambda s: 0.5})
+    records = MetricsFile(run).read()
+    assert report.against(records, "eval/kl", "eval/rm_score") == ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert report.plot_run(run) == PPO + ["eval/gold_score & eval/rm_score vs eval/kl"]
+    assert matplotlib.image.imread(run / "report.png").shape[:2] == (960, 1350)  # a third row for the panel
+    assert report.plot_run(run, tmp_path / "only.png", ("overoptimization",)) == [
+        "eval/gold_score & eval/rm_score vs eval/kl"]
+
+
+def test_without_a_gold_judge_the_panel_draws_the_reward_model_score(tmp_path):
+    run = _ppo_with_evals(tmp_path / "ppo", {"eval/rm_score": lambda s: s / 2})
+    assert report.plot_run(run)[-1] == "eval/rm_score vs eval/kl"
+
+
+def test_eval_loss_and_kl_alone_do_not_make_the_panel(tmp_path):
+    rm = _run(tmp_path / "rm", [(5, {"train/loss": 0.7}), (10, {"eval/loss": 0.6, "eval/accuracy": 0.8})])
+    kl_only = _run(tmp_path / "ppo", [(2, {"ppo/kl": 0.1, "eval/kl": 0.3})])
+    assert report.plot_run(rm) == ["train/loss", "eval/loss", "eval/accuracy"]
+    assert report.plot_run(kl_only) == ["ppo/kl"]
