@@ -51,7 +51,8 @@ def one_thread():
 def ppo_runs(tmp_path_factory) -> dict[str, Path]:
     """For the PPO tests: a tiny base (hidden 32, one layer); an SFT run holding a random non-zero LoRA on it; reward
     runs as `rlhf reward` writes them (LoRA SEQ_CLS adapter + reward_stats.json), one on the SFT run and one on the
-    bare base; and a prompts file."""
+    bare base, and a fully fine-tuned one (a whole classifier: the SFT weights and a random score head); and a
+    prompts file."""
     import json
 
     import torch
@@ -72,12 +73,15 @@ def ppo_runs(tmp_path_factory) -> dict[str, Path]:
         reward = get_peft_model(classifier, LoraConfig(task_type="SEQ_CLS", modules_to_save=["score"], **lora))
         reward.save_pretrained(root / name / "final")
         (root / name / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "count": 10}))
+    load_sequence_classifier(str(root / "sft")).save_pretrained(root / "rm_full" / "final")
+    load_tokenizer(base).save_pretrained(root / "rm_full" / "final")
+    (root / "rm_full" / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "count": 10}))
     prompts = [{"prompt": f"Tell me about the number {i}."} for i in range(24)]
     prompts += [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Count to {i}."}]}
                 for i in range(8)]
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     return {"base": base, "sft": root / "sft", "rm": root / "rm", "rm_base": root / "rm_base",
-            "prompts": root / "prompts.jsonl"}
+            "rm_full": root / "rm_full", "prompts": root / "prompts.jsonl"}
 
 
 

@@ -199,7 +199,7 @@ def test_a_deepspeed_config_that_disagrees_with_the_ppo_config_is_an_error():
 def update_on_fixed_rollout(args: list[str], rollout_file: Path, out: Path) -> None:
     """One PPO update (ppo_epochs passes) on a saved rollout; writes checkpoint-1 and the logged losses to `out`."""
     config = load_config(PPOStageConfig, args)
-    accelerator = distributed.make_accelerator(several_passes=config.value_model == "lora_head",
+    accelerator = distributed.make_accelerator(several_passes=model_set.has_value_pass(config.value_model),
                                                gradient_accumulation_steps=config.gradient_accumulation_steps)
     model, optimizer, scheduler, _, normalization, _ = train.build_and_prepare(config, accelerator)
     ro = torch.load(rollout_file, weights_only=False)
@@ -241,21 +241,26 @@ def updates(ppo_runs, tmp_path_factory):
     assert len(set(ro.mask.sum(1).tolist())) == NEW_TOKENS
     torch.save(ro, root / "rollout.pt")
 
+    on_reward = ["--reward_model_path", str(ppo_runs["rm_full"]), "--value_model", "reward_lora"]
     layouts = {"1 process": ["--gradient_accumulation_steps", "1"], "1 process, accumulation": [
-        "--gradient_accumulation_steps", "2"]}
+        "--gradient_accumulation_steps", "2"], "1 process, value on the reward model": on_reward}
     for name, extra in layouts.items():
         update_on_fixed_rollout([*args, *extra], root / "rollout.pt", root / name)
-    launched = {"2 processes": "cpu_ddp_2proc", "2 processes, ZeRO-2": "cpu_zero2_2proc",
-                "2 processes, ZeRO-3": "cpu_zero3_2proc"}
-    for name, accelerate_config in launched.items():
-        launch(accelerate_config, ["update", str(root / "rollout.pt"), str(root / name), *args], root / f"probe {name}")
+    launched = {"2 processes": ("cpu_ddp_2proc", []), "2 processes, ZeRO-2": ("cpu_zero2_2proc", []),
+                "2 processes, ZeRO-3": ("cpu_zero3_2proc", []),
+                "2 processes, ZeRO-3, value on the reward model": ("cpu_zero3_2proc", on_reward)}
+    for name, (accelerate_config, extra) in launched.items():
+        launch(accelerate_config, ["update", str(root / "rollout.pt"), str(root / name), *args, *extra],
+               root / f"probe {name}")
     return {name: root / name for name in [*layouts, *launched]}
 
 
-@pytest.mark.parametrize("layout", ["1 process, accumulation", "2 processes", "2 processes, ZeRO-2",
-                                    "2 processes, ZeRO-3"])
-def test_update_is_the_same_for_any_processes_and_accumulation(updates, layout):
-    reference, other = updates["1 process"], updates[layout]
+@pytest.mark.parametrize("layout, reference", [
+    ("1 process, accumulation", "1 process"), ("2 processes", "1 process"), ("2 processes, ZeRO-2", "1 process"),
+    ("2 processes, ZeRO-3", "1 process"),
+    ("2 processes, ZeRO-3, value on the reward model", "1 process, value on the reward model")])
+def test_update_is_the_same_for_any_processes_and_accumulation(updates, layout, reference):
+    reference, other = updates[reference], updates[layout]
     logged = {name: json.loads((folder / "update.json").read_text()) for name, folder in (("ref", reference),
                                                                                         ("other", other))}
     assert logged["other"]["world_size"] == (2 if layout.startswith("2 processes") else 1)

@@ -149,6 +149,44 @@ def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):
     assert values.shape == ids[:, prompt_length:].shape
 
 
+def test_reward_lora_value_starts_as_a_fully_fine_tuned_reward_model_that_stays_frozen(ppo_runs):
+    model, reward, info = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs["rm_full"]),
+                                                 value_model="reward_lora", score_stats="reward_data"), "cpu")
+    assert info["value_from_reward"] and info["reward_parameters"] == 0  # the value's base is the reward classifier
+    assert model.peft_of(model_set.VALUE) is model.reward_peft and model_set.VALUE not in model.peft.peft_config
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
+    classifier, _ = load_reward_model(str(ppo_runs["rm_full"]))
+    with torch.no_grad():
+        score = classifier(input_ids=ids, attention_mask=attention_mask,
+                           position_ids=position_ids(attention_mask)).logits[:, 0]
+
+        def last_values():  # the value at each sequence's last token, on the normalised scale
+            hidden = model.value_states(ids, attention_mask)
+            return model.values_from(hidden[torch.arange(len(ids)), rewards.last_token_index(ids, tokenizer.pad_token_id)])
+
+        torch.testing.assert_close(last_values(), (score - 0.5) / 2.0, atol=1e-5, rtol=1e-5)
+        for p in model_set.adapter_parameters(model.reward_peft, model_set.VALUE):
+            p.add_(0.1)  # the value adapter moves the value...
+        assert (last_values() - (score - 0.5) / 2.0).abs().max() > 1e-2
+        # ...while the reward reads the classifier as it was loaded
+        torch.testing.assert_close(reward.scores_of(ids, attention_mask), score, atol=1e-5, rtol=1e-5)
+    trained = {id(p) for p in model.trainable_parameters()}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == trained
+    _, values = model(ids, attention_mask, prompt_length, part=model_set.VALUE)
+    values.pow(2).mean().backward()
+    value_lora = model_set.adapter_parameters(model.reward_peft, model_set.VALUE)
+    assert value_lora and all(p.grad is not None for p in value_lora)
+    assert all(p.grad is None for p in classifier.parameters())
+
+
+def test_reward_lora_needs_a_reward_model_of_its_own(ppo_runs):
+    with pytest.raises(ConfigError, match="set reward_model_path"):
+        config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", value_model="reward_lora")
+    with pytest.raises(ConfigError, match="LoRA on the PPO base"):
+        model_set.build(config(ppo_runs, value_model="reward_lora"), "cpu")
+
+
 def test_adapter_switching_keeps_exactly_the_trained_weights_trainable(ppo_runs):
     model, reward, _ = model_set.build(config(ppo_runs), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))

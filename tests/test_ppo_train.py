@@ -98,6 +98,22 @@ def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path):
     assert [p.name for p in kept] == ["checkpoint-2", "checkpoint-4"]
 
 
+def test_a_value_adapter_on_the_reward_model_trains_and_resumes_exactly(ppo_runs, tmp_path):
+    keys = dict(reward_fn=None, reward_model_path=str(ppo_runs["rm_full"]), value_model="reward_lora", save_steps=1,
+                score_stats_rows=16)
+    train.run(ppo_config(ppo_runs, tmp_path / "straight", max_steps=2, **keys))
+    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=1, **keys))
+    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=2, **keys))
+    value = [load_file(tmp_path / name / runs.CHECKPOINTS / f"checkpoint-{step}" / "value" / ADAPTER_WEIGHTS)
+             for name, step in (("straight", 1), ("straight", 2), ("resumed", 2))]
+    assert value[1].keys() == value[2].keys() and any("lora_A" in k for k in value[1])
+    assert any(not torch.equal(value[0][k], value[1][k]) for k in value[1])  # the value adapter is trained
+    for key, tensor in value[1].items():
+        torch.testing.assert_close(value[2][key], tensor, atol=1e-6, rtol=1e-5)
+    metrics = runs.MetricsFile(tmp_path / "resumed").read()
+    assert [m["step"] for m in metrics] == [1, 2] and metrics[0]["ppo/loss_value"] > 0
+
+
 def test_scores_are_normalised_with_the_starting_policys_statistics(ppo_runs, tmp_path):
     config = ppo_config(ppo_runs, tmp_path / "run", max_steps=1, normalize_scores=True, score_stats_rows=64,
                         learning_rate=0.0)

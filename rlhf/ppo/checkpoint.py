@@ -15,7 +15,7 @@ import torch
 from rlhf import runs
 from rlhf.ppo import distributed
 from rlhf.models import ADAPTER_WEIGHTS
-from rlhf.ppo.model_set import POLICY, VALUE, PolicyValueModel, load_adapter_weights
+from rlhf.ppo.model_set import POLICY, PolicyValueModel, load_adapter_weights
 
 # A checkpoint holds the trained adapters and value head, the optimizer, the LR scheduler, the KL controller, every
 # process's RNG states and the step (which fixes the data position). Under DeepSpeed the optimizer is DeepSpeed's own
@@ -34,9 +34,10 @@ def save_adapter(model: PolicyValueModel, adapter: str, folder: Path) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    weights = get_peft_model_state_dict(model.peft, adapter_name=adapter, save_embedding_layers=False)
+    peft_model = model.peft_of(adapter)
+    weights = get_peft_model_state_dict(peft_model, adapter_name=adapter, save_embedding_layers=False)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(folder / ADAPTER_WEIGHTS))
-    config = copy.deepcopy(model.peft.peft_config[adapter])
+    config = copy.deepcopy(peft_model.peft_config[adapter])
     config.inference_mode = True
     config.save_pretrained(str(folder))
 
@@ -44,7 +45,7 @@ def save_adapter(model: PolicyValueModel, adapter: str, folder: Path) -> None:
 def load_adapter(model: PolicyValueModel, adapter: str, folder: Path) -> None:
     from safetensors.torch import load_file
 
-    load_adapter_weights(model.peft, adapter, load_file(str(folder / ADAPTER_WEIGHTS)), str(folder))
+    load_adapter_weights(model.peft_of(adapter), adapter, load_file(str(folder / ADAPTER_WEIGHTS)), str(folder))
 
 
 def rng_state() -> dict[str, Any]:
@@ -72,9 +73,8 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str,
     policy = accelerator.unwrap_model(model)
     with distributed.full_parameters(policy.trainable_parameters(), accelerator):
         if accelerator.is_main_process:
-            save_adapter(policy, POLICY, tmp / POLICY)
-            if policy.value_model == "lora_head":
-                save_adapter(policy, VALUE, tmp / VALUE)
+            for adapter in policy.adapters:
+                save_adapter(policy, adapter, tmp / adapter)
             torch.save(policy.value_head.state_dict(), tmp / VALUE_HEAD)
     if distributed.uses_deepspeed(accelerator):  # optimizer states (and fp32 weights) split across processes
         model.save_checkpoint(str(tmp), tag=DEEPSPEED, exclude_frozen_parameters=True, save_latest=False)
@@ -100,9 +100,8 @@ def load(path: Path, model, optimizer, scheduler, accelerator) -> dict[str, Any]
         model.load_checkpoint(str(path), tag=DEEPSPEED, load_module_strict=False, load_lr_scheduler_states=False)
     else:
         policy = accelerator.unwrap_model(model)
-        load_adapter(policy, POLICY, path / POLICY)
-        if policy.value_model == "lora_head":
-            load_adapter(policy, VALUE, path / VALUE)
+        for adapter in policy.adapters:
+            load_adapter(policy, adapter, path / adapter)
         policy.value_head.load_state_dict(torch.load(path / VALUE_HEAD, map_location="cpu"))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))

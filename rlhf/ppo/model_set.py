@@ -20,9 +20,17 @@ from rlhf.ppo import rewards
 #   reference = the same base with adapters disabled (no second copy of the weights)
 #   value     = base + LoRA "value" + a scalar head (trained), or a scalar head on the policy's hidden states
 #   reward    = base + LoRA "reward" + the reward model's score head (frozen), when the reward model shares the base
+# A reward model of its own (fully fine-tuned, or on another base) is a frozen classifier beside it; with
+# `value_model: reward_lora` the value is that classifier + LoRA "value" + a head started as its score head, so the
+# value starts as the reward model without a trainable copy of it (OpenRLHF initialises a full critic copy).
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
-VALUE_MODELS = ("lora_head", "policy_head")
+VALUE_MODELS = ("lora_head", "policy_head", "reward_lora")
+
+
+def has_value_pass(value_model: str) -> bool:
+    """Whether the value model is a pass of its own (an adapter), rather than a head on the policy's states."""
+    return value_model != "policy_head"
 
 
 class PolicyValueModel(nn.Module):
@@ -32,15 +40,24 @@ class PolicyValueModel(nn.Module):
     and DDP see one module. Switching adapters in peft flips `requires_grad`; `_use` restores the fixed set.
     """
 
-    def __init__(self, peft_model, value_head: nn.Linear, value_model: str):
+    def __init__(self, peft_model, value_head: nn.Linear, value_model: str, reward_peft=None):
         super().__init__()
         self.peft = peft_model
+        self.reward_peft = reward_peft  # reward_lora: the separate reward classifier, holding the value adapter
         self.value_head = value_head
         self.value_model = value_model
-        adapters = (POLICY, VALUE) if value_model == "lora_head" else (POLICY,)
-        self._trainable = [p for name in adapters for p in adapter_parameters(peft_model, name)]
+        self._trainable = [p for name in self.adapters for p in adapter_parameters(self.peft_of(name), name)]
         self._trainable += list(value_head.parameters())
         self._use(POLICY)
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """The trained adapters."""
+        return (POLICY, VALUE) if has_value_pass(self.value_model) else (POLICY,)
+
+    def peft_of(self, adapter: str):
+        """The peft model holding `adapter`."""
+        return self.reward_peft if adapter == VALUE and self.reward_peft is not None else self.peft
 
     @property
     def causal_lm(self):
@@ -95,6 +112,15 @@ class PolicyValueModel(nn.Module):
         """The transformer body under the LM head (its output is what value and score heads read)."""
         return getattr(self.causal_lm, self.causal_lm.base_model_prefix)
 
+    def value_states(self, input_ids, attention_mask) -> torch.Tensor:
+        """Final hidden states [B, L, H] of the value adapter's pass: on the PPO base, or on the reward classifier."""
+        if self.reward_peft is None:
+            return self.hidden_states(VALUE, input_ids, attention_mask)
+        classifier = self.reward_peft.get_base_model()
+        body = getattr(classifier, classifier.base_model_prefix)
+        return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                    use_cache=False).last_hidden_state
+
     def values_from(self, hidden: torch.Tensor) -> torch.Tensor:
         """Values [B, R] from final hidden states [B, R, H]."""
         return self.value_head(hidden.float()).squeeze(-1)
@@ -102,7 +128,7 @@ class PolicyValueModel(nn.Module):
     def training_passes(self) -> tuple[str, ...]:
         """The forward/backward passes of one micro-batch. With its own adapter the value model is a second pass
         of the base: it runs after the policy's backward, so only one pass's activations are held at a time."""
-        return (POLICY, VALUE) if self.value_model == "lora_head" else (POLICY,)
+        return self.adapters
 
     def forward(self, input_ids, attention_mask, prompt_length: int, part: str = "both"):
         """(policy logits [B, R, V] or None, values [B, R] or None) at the R positions that predict the response.
@@ -112,8 +138,8 @@ class PolicyValueModel(nn.Module):
             logits, hidden = self.logits(POLICY, input_ids, attention_mask, prompt_length,
                                          with_hidden=self.value_model == "policy_head")
             values = None if hidden is None else self.values_from(hidden)
-        if part in ("both", VALUE) and self.value_model == "lora_head":
-            values = self.values_from(self.hidden_states(VALUE, input_ids, attention_mask)[:, prompt_length - 1:-1])
+        if part in ("both", VALUE) and has_value_pass(self.value_model):
+            values = self.values_from(self.value_states(input_ids, attention_mask)[:, prompt_length - 1:-1])
         return logits, values
 
     @torch.no_grad()
@@ -265,28 +291,46 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
             add_lora(peft_model, VALUE, shared)
         else:
             peft_model.add_adapter(VALUE, lora_config(config))
-    head = value_head(base.config.hidden_size, shared.score if shared else None)
-    known = rewards.score_normalization(config, stats)  # the reward run's statistics, when they normalise
-    if shared and known:
-        normalise_head(head, known)
-    model = PolicyValueModel(peft_model, head, config.value_model)
     if config.reward_fn:
         reward: rewards.Reward = rewards.load_reward_fn(config.reward_fn)
     elif shared:
-        def reward_states(ids, mask):
-            return model.hidden_states(REWARD, ids, mask)
-
-        reward = rewards.shared_reward(reward_states, model, config.reward_model_path, shared.score, stats, device,
-                                       policy_tokenizer)
+        reward = rewards.shared_reward(lambda ids, mask: model.hidden_states(REWARD, ids, mask), peft_model,
+                                       config.reward_model_path, shared.score, stats, device, policy_tokenizer)
     else:
         reward = rewards.separate_reward(config.reward_model_path, stats, device, policy_tokenizer)
+    reward_peft, score = None, shared.score if shared else None
+    if config.value_model == "reward_lora":
+        reward_peft, score = value_on_reward_model(config, reward, shared is not None)
+    head = value_head(reward_peft.config.hidden_size if reward_peft else base.config.hidden_size, score)
+    known = rewards.score_normalization(config, stats)  # the reward run's statistics, when they normalise
+    if score is not None and known:
+        normalise_head(head, known)
+    model = PolicyValueModel(peft_model, head, config.value_model, reward_peft)
     if isinstance(reward, rewards.ModelReward):
         info["reward"] += ("; it reads the rollout's tokens" if reward.tail is not None
                            else "; its tokenizer or template differs from the policy's, so it re-tokenizes text")
-    info["value_from_reward"] = shared is not None  # the value head starts as the reward's score head
+    info["value_from_reward"] = score is not None  # the value head starts as the reward's score head
     info["trainable_parameters"] = sum(p.numel() for p in model.trainable_parameters())
     info["reward_parameters"] = added_parameters(reward.modules, model)
     return model, reward, info
+
+
+def value_on_reward_model(config, reward: rewards.ModelReward, shared: bool) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(the separate reward classifier with a new LoRA "value", its score head): the value model of `reward_lora`.
+    The reward itself reads the classifier with that adapter off (rewards.separate_reward)."""
+    from peft import get_peft_model
+
+    if shared:
+        raise ConfigError(f"value_model reward_lora is for a reward model of its own; {config.reward_model_path} "
+                          f"is a LoRA on the PPO base, from which value_model lora_head starts already")
+    if reward.tail is None:
+        raise ConfigError(f"value_model reward_lora: the reward model {config.reward_model_path} has another "
+                          f"tokenizer or chat template than the policy, so it cannot read the policy's tokens")
+    classifier = reward.modules[0]
+    score = {k: v.detach().clone() for k, v in classifier.score.state_dict().items()}
+    lora = lora_config(config, task_type=None)
+    lora.exclude_modules = ["score"]  # the value reads the body; its own head replaces the classifier's
+    return get_peft_model(classifier, lora, adapter_name=VALUE), score
 
 
 def added_parameters(modules: list[nn.Module], model: nn.Module) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -211,6 +212,23 @@ def separate_reward(reward_path: str, stats: dict[str, float] | None, device, po
     classifier.eval().to(device)
 
     def scores_of(input_ids, attention_mask):
-        return classifier_scores(classifier, input_ids, attention_mask)
+        with adapters_off(classifier):
+            return classifier_scores(classifier, input_ids, attention_mask)
 
     return ModelReward(tokenizer, scores_of, stats, device, [classifier], template_tail(tokenizer, policy_tokenizer))
+
+
+@contextmanager
+def adapters_off(module: nn.Module):
+    """`module` as it was loaded: any LoRA put on it afterwards (the value adapter of `value_model: reward_lora`) is
+    switched off inside the block."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)

@@ -55,7 +55,8 @@ class PPOStageConfig:
     lora_r: int = key(16, "policy (and fresh value) LoRA rank")
     lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
     lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
-    value_model: str = key("lora_head", "lora_head (own LoRA + head) | policy_head (head on the policy's states)")
+    value_model: str = key("lora_head", "lora_head (own LoRA + head) | policy_head (head on the policy's states) | "
+                                        "reward_lora (LoRA + head on a separate reward model: starts as it)")
     save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
     eval_dataset_path: str | None = key(None, "held-out prompts evaluated during training (eval/* metrics)")
     eval_steps: int = key(0, "evaluate the held-out prompts at the start and every this many steps (0: only at the end)")
@@ -98,6 +99,8 @@ class PPOStageConfig:
             raise ConfigError(f"eval_steps must not be negative, got {self.eval_steps}")
         if self.gold_judge and not self.eval_dataset_path:
             raise ConfigError("gold_judge is set but eval_dataset_path (the held-out prompts it judges) is not")
+        if self.value_model == "reward_lora" and not self.reward_model_path:
+            raise ConfigError("value_model reward_lora starts the value from the reward model: set reward_model_path")
         if self.kl_target is not None and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be positive, got {self.kl_target}")
         if min(self.kl_coef, self.clip_range, self.clip_range_value, self.vf_coef, self.learning_rate) < 0:

@@ -149,7 +149,7 @@ def setup(config: PPOStageConfig) -> PPORun:
 
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = distributed.make_accelerator(
-        several_passes=config.value_model == "lora_head",
+        several_passes=model_set.has_value_pass(config.value_model),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=runs.trackers(config.report_to) or None,
         step_scheduler_with_optimizer=False,  # the scheduler steps once per optimizer step, on any process count
