@@ -58,11 +58,13 @@ def read_probes(probe_dir: Path) -> dict[int, dict]:
 
 
 def trained_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Policy and value adapters and the value head of a checkpoint folder."""
+    """Policy and value adapters and the value head of a checkpoint folder (the policy alone without a value model)."""
     from safetensors.torch import load_file
 
-    weights = {f"{name}/{k}": v for name in (POLICY, VALUE) for k, v in load_file(folder / name / ADAPTER_WEIGHTS).items()}
-    weights.update({f"head/{k}": v for k, v in torch.load(folder / checkpoint.VALUE_HEAD).items()})
+    weights = {f"{name}/{k}": v for name in (POLICY, VALUE) if (folder / name).is_dir()
+               for k, v in load_file(folder / name / ADAPTER_WEIGHTS).items()}
+    if (folder / checkpoint.VALUE_HEAD).is_file():
+        weights.update({f"head/{k}": v for k, v in torch.load(folder / checkpoint.VALUE_HEAD).items()})
     return weights
 
 
@@ -199,12 +201,13 @@ def test_a_deepspeed_config_that_disagrees_with_the_ppo_config_is_an_error():
 def update_on_fixed_rollout(args: list[str], rollout_file: Path, out: Path) -> None:
     """One PPO update (ppo_epochs passes) on a saved rollout; writes checkpoint-1 and the logged losses to `out`."""
     config = load_config(PPOStageConfig, args)
-    accelerator = distributed.make_accelerator(several_passes=model_set.has_value_pass(config.value_model),
+    accelerator = distributed.make_accelerator(several_passes=model_set.has_value_pass(config.critic),
                                                gradient_accumulation_steps=config.gradient_accumulation_steps)
     model, optimizer, scheduler, _, normalization, _ = train.build_and_prepare(config, accelerator)
     ro = torch.load(rollout_file, weights_only=False)
     learn = train.estimate_advantages(ro, config, config.kl_coef, normalization)
-    losses = ppo_update(model, optimizer, scheduler, accelerator, ro, learn.advantages, learn.returns, config, step=1)
+    losses = ppo_update(model, optimizer, scheduler, accelerator, ro, learn.advantages, learn.returns, config.kl_coef,
+                        config, step=1)
     checkpoint.save(out, 1, model, optimizer, scheduler, {}, accelerator)
     if accelerator.is_main_process:
         (out / "update.json").write_text(json.dumps({"world_size": accelerator.num_processes, **losses}))
@@ -223,14 +226,12 @@ def responses_of_many_lengths(generate):
 
 
 @pytest.fixture(scope="module")
-def updates(ppo_runs, tmp_path_factory):
-    """The same saved rollout updated as 1 process x mini-batch 4, 1 process x 2 micro-batches of 2 (accumulation),
-    and 2 processes x 2 rows (DDP)."""
+def fixed_rollout(ppo_runs, tmp_path_factory) -> Path:
+    """A saved rollout of BATCH rows with responses of every length (for GRPO: two groups of 4 rows)."""
     from rlhf.models import load_tokenizer
 
-    root = tmp_path_factory.mktemp("updates")
-    args = ppo_args(ppo_runs, root / "unused")
-    config = load_config(PPOStageConfig, args)
+    root = tmp_path_factory.mktemp("rollout")
+    config = load_config(PPOStageConfig, ppo_args(ppo_runs, root / "unused"))
     tokenizer = load_tokenizer(config.policy_path, padding_side="left")
     data = rollout.read_prompts(config.dataset_path, tokenizer, config.max_prompt_length)
     model, reward, _ = model_set.build(config, "cpu")
@@ -240,17 +241,25 @@ def updates(ppo_runs, tmp_path_factory):
         ro = rollout.score(model, reward, data.prompts[:BATCH], samples, settings)
     assert len(set(ro.mask.sum(1).tolist())) == NEW_TOKENS
     torch.save(ro, root / "rollout.pt")
+    return root / "rollout.pt"
 
+
+@pytest.fixture(scope="module")
+def updates(ppo_runs, fixed_rollout, tmp_path_factory):
+    """The same saved rollout updated as 1 process x mini-batch 4, 1 process x 2 micro-batches of 2 (accumulation),
+    and 2 processes x 2 rows (DDP)."""
+    root = tmp_path_factory.mktemp("updates")
+    args = ppo_args(ppo_runs, root / "unused")
     on_reward = ["--reward_model_path", str(ppo_runs["rm_full"]), "--value_model", "reward_lora"]
     layouts = {"1 process": ["--gradient_accumulation_steps", "1"], "1 process, accumulation": [
         "--gradient_accumulation_steps", "2"], "1 process, value on the reward model": on_reward}
     for name, extra in layouts.items():
-        update_on_fixed_rollout([*args, *extra], root / "rollout.pt", root / name)
+        update_on_fixed_rollout([*args, *extra], fixed_rollout, root / name)
     launched = {"2 processes": ("cpu_ddp_2proc", []), "2 processes, ZeRO-2": ("cpu_zero2_2proc", []),
                 "2 processes, ZeRO-3": ("cpu_zero3_2proc", []),
                 "2 processes, ZeRO-3, value on the reward model": ("cpu_zero3_2proc", on_reward)}
     for name, (accelerate_config, extra) in launched.items():
-        launch(accelerate_config, ["update", str(root / "rollout.pt"), str(root / name), *args, *extra],
+        launch(accelerate_config, ["update", str(fixed_rollout), str(root / name), *args, *extra],
                root / f"probe {name}")
     return {name: root / name for name in [*layouts, *launched]}
 
@@ -260,10 +269,34 @@ def updates(ppo_runs, tmp_path_factory):
     ("2 processes, ZeRO-3", "1 process"),
     ("2 processes, ZeRO-3, value on the reward model", "1 process, value on the reward model")])
 def test_update_is_the_same_for_any_processes_and_accumulation(updates, layout, reference):
-    reference, other = updates[reference], updates[layout]
+    assert_same_update(updates[layout], updates[reference], 2 if layout.startswith("2 processes") else 1)
+
+
+@pytest.fixture(scope="module")
+def grpo_updates(ppo_runs, fixed_rollout, tmp_path_factory):
+    """The saved rollout updated with GRPO (no value model, the KL in the loss) on 1 process and 2 processes (DDP)."""
+    root = tmp_path_factory.mktemp("grpo_updates")
+    args = [*ppo_args(ppo_runs, root / "unused"), "--advantage_estimator", "grpo", "--num_samples_per_prompt", "4",
+            "--kl_in_loss", "true"]
+    update_on_fixed_rollout(args, fixed_rollout, root / "1 process")
+    launch("cpu_ddp_2proc", ["update", str(fixed_rollout), str(root / "2 processes"), *args], root / "probe")
+    return root
+
+
+def test_grpo_update_is_the_same_on_two_processes(grpo_updates):
+    assert_same_update(grpo_updates / "2 processes", grpo_updates / "1 process", 2)
+    logged = json.loads((grpo_updates / "2 processes" / "update.json").read_text())
+    assert "loss_kl" in logged and "loss_value" not in logged
+    saved = {p.name for p in (grpo_updates / "2 processes" / runs.CHECKPOINTS / "checkpoint-1").iterdir()}
+    assert POLICY in saved and not {VALUE, checkpoint.VALUE_HEAD} & saved
+
+
+def assert_same_update(other: Path, reference: Path, world_size: int) -> None:
+    """The logged losses and the trained weights of two updates of the fixed rollout agree (`other` ran on
+    `world_size` processes)."""
     logged = {name: json.loads((folder / "update.json").read_text()) for name, folder in (("ref", reference),
                                                                                         ("other", other))}
-    assert logged["other"]["world_size"] == (2 if layout.startswith("2 processes") else 1)
+    assert logged["other"]["world_size"] == world_size
     for name, value in logged["ref"].items():
         if name != "world_size":
             assert logged["other"][name] == pytest.approx(value, rel=LOSS_RTOL, abs=1e-7), name

@@ -94,6 +94,60 @@ def test_gae_stops_at_each_rows_end():
     close(ret, [[2.62, 2.0, 0.0], [2.4112, 1.71, 2.0]])
 
 
+# Three groups of k = 4 samples: ties around one outlier, a 2-2 split, and all equal.
+GROUP_REWARDS = t(1.0, 1.0, 1.0, 5.0, 3.0, 1.0, 1.0, 3.0, 2.0, 2.0, 2.0, 2.0)
+
+
+def test_rloo_baseline_is_the_mean_of_the_other_samples():
+    # group 1: for a 1 the others average (1 + 1 + 5) / 3 = 7/3 -> -4/3; for the 5 they average 1 -> 4
+    # group 2: for a 3 the others average (1 + 1 + 3) / 3 = 5/3 -> 4/3; for a 1, 7/3 -> -4/3
+    # group 3: all equal -> 0
+    third = 4 / 3
+    close(core.rloo_advantages(GROUP_REWARDS, 4), [-third, -third, -third, 4, third, -third, -third, third, 0, 0, 0, 0])
+
+
+def test_grpo_divides_by_the_group_std_unless_dr_grpo():
+    # group 1: mean 2, deviations [-1, -1, -1, 3], unbiased var (1 + 1 + 1 + 9) / 3 = 4, std 2 -> dev / 2.0001
+    # group 2: mean 2, deviations [1, -1, -1, 1], unbiased var 4 / 3, std 1.1547005 -> dev / 1.1548005
+    # group 3: all equal -> 0 (not 0 / 0)
+    a, b = 1 / 2.0001, 1 / 1.1548005
+    close(core.grpo_advantages(GROUP_REWARDS, 4), [-a, -a, -a, 3 * a, b, -b, -b, b, 0, 0, 0, 0])
+    close(core.grpo_advantages(GROUP_REWARDS, 4, scale=False), [-1, -1, -1, 3, 1, -1, -1, 1, 0, 0, 0, 0])
+
+
+def test_group_advantages_need_whole_groups_of_at_least_two():
+    with pytest.raises(ValueError, match="k=1"):
+        core.rloo_advantages(t(1.0, 2.0), 1)
+    with pytest.raises(ValueError, match="k=4 for 6 rows"):
+        core.grpo_advantages(GROUP_REWARDS[:6], 4)
+
+
+def test_sequence_advantages_go_on_every_response_token_and_not_on_padding():
+    close(core.per_token(t(2.0, -1.0), t([1, 1, 1], [1, 0, 0])), [[2, 2, 2], [-1, 0, 0]])
+
+
+def test_reinforce_pp_whitens_the_returns_over_the_batchs_tokens():
+    rewards, mask = t([0.0, -1.0, 3.0], [1.0, 9.0, 9.0]), t([1, 1, 1], [1, 0, 0])  # padding holds junk
+    # gamma 1: returns [2, 2, 3] and [1]; discounted by 0.5: 3, -1 + 1.5 = 0.5, 0 + 0.25 = 0.25
+    close(core.discounted_returns(rewards, mask), [[2, 2, 3], [1, 0, 0]])
+    close(core.discounted_returns(rewards, mask, gamma=0.5), [[0.25, 0.5, 3], [1, 0, 0]])
+    # over the 4 tokens: mean 2, unbiased var (0 + 0 + 1 + 1) / 3 = 2/3 -> (G - 2) * sqrt(3/2)
+    close(core.reinforce_pp_advantages(rewards, mask), [[0, 0, 1.2247449], [-1.2247449, 0, 0]])
+    equal = core.reinforce_pp_advantages(t([0.0, 1.0], [0.0, 1.0]), t([1, 1], [1, 1]))  # every return is 1
+    close(equal, [[0, 0], [0, 0]])
+
+
+def test_kl_loss_is_the_token_mean_of_k3():
+    logp = torch.log(t([0.5, 0.2, 0.9])).requires_grad_()
+    ref, mask = torch.log(t([0.25, 0.4, 0.1])), t([1, 1, 0])
+    loss = core.kl_loss(logp, ref, mask)
+    # k3 as in test_kl_estimators: [0.1931472, 0.3068528] -> mean 0.25 (the padding token is left out)
+    assert loss.item() == pytest.approx(0.25)
+    loss.backward()
+    # d k3 / d log p = 1 - r with r = p_ref / p = [0.5, 2]; halved by the mean over 2 tokens
+    close(logp.grad, [[0.25, -0.5, 0.0]])
+
+
 def test_clipped_policy_loss():
     # tokens: (A, ratio) = (1, 1.1) inside; (1, 1.5) clipped to 1.2; (-1, 0.5) clipped to 0.8;
     # (-1, 2.0) outside the range but the unclipped term is larger (pessimistic bound); padding.

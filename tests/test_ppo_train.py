@@ -1,4 +1,5 @@
-"""The PPO loop: it raises a rule-based reward, resumes exactly, stops at the first nan, writes its run directory."""
+"""The PPO loop: it raises a rule-based reward (with GAE and the critic-free estimators), resumes exactly, stops at
+the first nan, writes its run directory."""
 
 import json
 import math
@@ -8,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf import runs
-from rlhf.ppo import train
-from rlhf.ppo.checkpoint import STATE
+from rlhf.errors import ConfigError
+from rlhf.ppo import model_set, train
+from rlhf.ppo.checkpoint import STATE, VALUE_HEAD
 from rlhf.models import ADAPTER_WEIGHTS
 from rlhf.ppo.stage_config import PPOStageConfig
 
@@ -20,7 +22,12 @@ TARGETS = ["q_proj", "v_proj", "lm_head"]
 METRICS = {"ppo/score_mean", "ppo/reward_mean", "ppo/kl", "ppo/kl_coef", "ppo/entropy", "ppo/loss_policy",
            "ppo/loss_value", "ppo/clipfrac", "ppo/approx_kl", "ppo/response_length", "ppo/eos_fraction",
            "time/generation_s", "time/scoring_s", "time/training_s"}
+VALUE_METRICS = {"ppo/loss_value", "ppo/vf_clipfrac"}
 CALLS = {"n": 0}
+# Each critic-free estimator with the samples per prompt it needs (rloo and grpo: a group).
+CRITIC_FREE = {"rloo": dict(advantage_estimator="rloo", num_samples_per_prompt=4),
+               "grpo": dict(advantage_estimator="grpo", num_samples_per_prompt=4),
+               "reinforce_pp": dict(advantage_estimator="reinforce_pp")}
 
 
 def count_e(prompts, responses):
@@ -63,11 +70,49 @@ def test_mean_score_rises_while_kl_stays_bounded(ppo_runs, tmp_path):
     assert summary["global_step"] == 24 and runs.is_finished(tmp_path / "run")
 
 
-def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path):
+@pytest.mark.parametrize("estimator", CRITIC_FREE)
+def test_critic_free_estimators_raise_the_score_without_a_value_model(ppo_runs, tmp_path, estimator):
+    # Measured over seeds 0-9 on a 2-core machine: the last five steps beat the first five by 3.4 to 12.0.
+    config = ppo_config(ppo_runs, tmp_path / "run", max_steps=20, batch_size=16, mini_batch_size=8,
+                        gradient_accumulation_steps=1, max_new_tokens=8, kl_coef=0.05, learning_rate=2e-2,
+                        save_steps=100, **CRITIC_FREE[estimator])
+    train.run(config)
+    metrics = runs.MetricsFile(tmp_path / "run").read()
+    assert METRICS - VALUE_METRICS <= metrics[0].keys() and not any(VALUE_METRICS & m.keys() for m in metrics)
+    first = sum(m["ppo/score_mean"] for m in metrics[:5]) / 5
+    last = sum(m["ppo/score_mean"] for m in metrics[-5:]) / 5
+    assert last > first + 1.5, (first, last)
+    assert all(m["ppo/reward_mean"] < m["ppo/score_mean"] for m in metrics[-5:])  # the KL penalty is paid
+    saved = {p.name for p in (tmp_path / "run" / runs.CHECKPOINTS / "checkpoint-20").iterdir()}
+    assert "policy" in saved and not {model_set.VALUE, VALUE_HEAD} & saved
+
+
+def test_a_critic_free_run_has_no_value_model(ppo_runs, tmp_path):
+    # A reward model on the PPO base, from which a value model would start (adapter and head, rescaled by the
+    # measured score statistics), and a separate one, on which value_model reward_lora would put the value adapter.
+    grpo = dict(reward_fn=None, reward_model_path=str(ppo_runs["rm"]), **CRITIC_FREE["grpo"])
+    for keys in (grpo, {**grpo, "reward_model_path": str(ppo_runs["rm_full"]), "value_model": "reward_lora"}):
+        config = ppo_config(ppo_runs, tmp_path / "unused", **keys)
+        assert config.critic is None
+        model, reward, info = model_set.build(config, "cpu")
+        assert model.value_head is None and model.reward_peft is None and not info["value_from_reward"]
+        assert model_set.VALUE not in model.peft.peft_config and model.training_passes() == (model_set.POLICY,)
+        policy = model_set.adapter_parameters(model.peft, model_set.POLICY)
+        assert [id(p) for p in model.trainable_parameters()] == [id(p) for p in policy]
+        assert info["trainable_parameters"] == sum(p.numel() for p in policy)
+    train.run(ppo_config(ppo_runs, tmp_path / "run", max_steps=1, score_stats_rows=16, **grpo))
+    saved = {p.name for p in (tmp_path / "run" / runs.CHECKPOINTS / "checkpoint-1").iterdir()}
+    assert "policy" in saved and not {model_set.VALUE, VALUE_HEAD} & saved
+
+
+@pytest.mark.parametrize("estimator", [{}, dict(CRITIC_FREE["grpo"], kl_in_loss=True)], ids=["gae", "grpo"])
+def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path, estimator):
     # Adaptive KL, scores normalised with the starting policy's statistics and a held-out evaluation against the
-    # starting policy's gold scores, so that all of the state a checkpoint keeps matters.
+    # starting policy's gold scores, so that all of the state a checkpoint keeps matters. GRPO with the KL in the
+    # loss: the controller reads the KL the rollouts measure.
     keys = dict(kl_target=0.5, kl_horizon=100, normalize_scores=True, score_stats_rows=16,
-                eval_dataset_path=str(ppo_runs["prompts"]), gold_judge="test_ppo_train:gold_e", eval_steps=1)
+                eval_dataset_path=str(ppo_runs["prompts"]), gold_judge="test_ppo_train:gold_e", eval_steps=1,
+                **estimator)
     straight = ppo_config(ppo_runs, tmp_path / "straight", max_steps=4, **keys)
     train.run(straight)
     train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=2, **keys))
@@ -88,6 +133,7 @@ def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path):
         assert a["eval/win_rate"] == b["eval/win_rate"]
         assert a["eval/kl"] == pytest.approx(b["eval/kl"], abs=1e-6)
     assert straight_metrics[-1]["ppo/kl_coef"] != straight_metrics[1]["ppo/kl_coef"]
+    assert ("ppo/loss_kl" in straight_metrics[1]) == bool(estimator)
     states = [json.loads((tmp_path / n / runs.CHECKPOINTS / "checkpoint-4" / STATE).read_text())
               for n in ("straight", "resumed")]
     assert states[0]["score_normalization"] == states[1]["score_normalization"]
@@ -186,6 +232,13 @@ def test_nan_score_stops_with_step_and_quantity_and_keeps_the_last_checkpoint(pp
     assert not (tmp_path / "run" / runs.FINAL).exists() and not runs.is_finished(tmp_path / "run")
 
 
+def test_each_prompt_is_sampled_as_one_group_of_consecutive_rows(ppo_runs, tmp_path):
+    config = ppo_config(ppo_runs, tmp_path, batch_size=8, num_samples_per_prompt=4, seed=3)
+    rows = train.rollout_prompts(2, config, 20)
+    assert rows == [i for i in train.prompt_indices(2, 2, 20, seed=3) for _ in range(4)]
+    assert train.rollout_prompts(2, ppo_config(ppo_runs, tmp_path, seed=3), 20) == train.prompt_indices(2, 8, 20, 3)
+
+
 def test_prompt_order_is_seeded_and_covers_the_data(ppo_runs):
     steps = [train.prompt_indices(step, 8, 20, seed=3) for step in range(1, 6)]
     flat = [i for step in steps for i in step]
@@ -212,3 +265,49 @@ def test_reward_mean_is_the_penalised_score_minus_the_kl_penalty(ppo_runs, tmp_p
     torch.testing.assert_close(learn.scores, torch.tensor([1.0, -1.0]))
     torch.testing.assert_close(learn.rewards.sum(1), torch.tensor([1.0 - 0.3 * -0.5, -1.0 - 0.3 * 0.2]))
     assert (learn.advantages * mask).sum() == pytest.approx(0.0, abs=1e-5)  # whitened over the response tokens
+
+
+def group_rollout(kl_per_token):
+    """Two prompts x 2 samples with padding: scores [1, 3 | 2, 2], and per-token KL (log p - log p_ref) as given."""
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    return train.rollout.Rollout(
+        prompts=["a", "a", "b", "b"], responses=["w", "x", "y", "z"], input_ids=torch.zeros(4, 5, dtype=torch.long),
+        attention_mask=torch.ones(4, 5, dtype=torch.long), prompt_length=2, mask=mask,
+        ended_with_eos=torch.ones(4, dtype=torch.bool), logprobs=torch.zeros(4, 3), ref_logprobs=-kl_per_token * mask,
+        values=None, entropy=torch.zeros(4, 3), scores=torch.tensor([1.0, 3.0, 2.0, 2.0]))
+
+
+@pytest.mark.parametrize("kl_in_loss", [False, True])
+def test_group_advantages_come_from_the_penalised_or_the_raw_score(ppo_runs, tmp_path, kl_in_loss):
+    config = ppo_config(ppo_runs, tmp_path, advantage_estimator="grpo", num_samples_per_prompt=2, batch_size=4,
+                        scale_rewards=False, kl_coef=0.5, kl_in_loss=kl_in_loss)
+    ro = group_rollout(torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.5, 0.5], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    learn = train.estimate_advantages(ro, config, config.kl_coef, normalization=None)
+    # Row 1 has KL 2: penalised sequence rewards [1, 3 - 0.5 * 2 | 2, 2] -> Dr. GRPO [-0.5, 0.5 | 0, 0];
+    # with the KL in the loss the rewards are the scores [1, 3 | 2, 2] -> [-1, 1 | 0, 0]. Both on the unpadded tokens.
+    a = 1.0 if kl_in_loss else 0.5
+    torch.testing.assert_close(learn.rewards.sum(1), torch.tensor([1.0, 3.0 if kl_in_loss else 2.0, 2.0, 2.0]))
+    torch.testing.assert_close(learn.advantages, torch.tensor([[-a, -a, 0.0], [a, a, a], [0.0, 0.0, 0.0],
+                                                               [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(learn.kl.sum(1), torch.tensor([0.0, 2.0, 0.0, 0.0]))  # measured either way
+    assert learn.returns is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(advantage_estimator="ppo"), "advantage_estimator 'ppo' is not one of gae, rloo, grpo, reinforce_pp"),
+    (dict(advantage_estimator="grpo"), "grpo compares each prompt's samples .* at least 2, got 1"),
+    (dict(advantage_estimator="rloo", num_samples_per_prompt=3), "batch_size 8 counts completions: it is not "
+                                                                 "divisible by num_samples_per_prompt 3"),
+    (dict(num_samples_per_prompt=0), "num_samples_per_prompt must be at least 1"),
+    (dict(advantage_estimator="rloo", num_samples_per_prompt=2, scale_rewards=False), "scale_rewards false .* rloo"),
+])
+def test_inconsistent_estimator_keys_are_an_error(ppo_runs, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        ppo_config(ppo_runs, tmp_path, **overrides)
+
+
+def test_each_process_must_hold_whole_groups(ppo_runs, tmp_path):
+    config = ppo_config(ppo_runs, tmp_path, mini_batch_size=8, gradient_accumulation_steps=1, **CRITIC_FREE["grpo"])
+    assert config.per_process(2) == (4, 4)
+    with pytest.raises(ConfigError, match=r"batch_size 8 must be divisible by 4 x 4 processes = 16"):
+        config.per_process(4)

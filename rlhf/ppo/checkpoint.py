@@ -17,10 +17,11 @@ from rlhf.ppo import distributed
 from rlhf.models import ADAPTER_WEIGHTS
 from rlhf.ppo.model_set import POLICY, PolicyValueModel, load_adapter_weights
 
-# A checkpoint holds the trained adapters and value head, the optimizer, the LR scheduler, the KL controller, every
-# process's RNG states and the step (which fixes the data position). Under DeepSpeed the optimizer is DeepSpeed's own
-# checkpoint of the trained weights (one shard per process), which resume reads; the adapter folders are then for
-# people and tools. It is written to `checkpoint-N.tmp`, renamed, and then marked COMPLETE; the last `KEEP` are kept.
+# A checkpoint holds the trained adapters and value head (neither value adapter nor head without a value model), the
+# optimizer, the LR scheduler, the KL controller, every process's RNG states and the step (which fixes the data
+# position). Under DeepSpeed the optimizer is DeepSpeed's own checkpoint of the trained weights (one shard per
+# process), which resume reads; the adapter folders are then for people and tools. It is written to
+# `checkpoint-N.tmp`, renamed, and then marked COMPLETE; the last `KEEP` are kept.
 
 KEEP = 2
 VALUE_HEAD = "value_head.pt"
@@ -75,7 +76,8 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str,
         if accelerator.is_main_process:
             for adapter in policy.adapters:
                 save_adapter(policy, adapter, tmp / adapter)
-            torch.save(policy.value_head.state_dict(), tmp / VALUE_HEAD)
+            if policy.value_head is not None:
+                torch.save(policy.value_head.state_dict(), tmp / VALUE_HEAD)
     if distributed.uses_deepspeed(accelerator):  # optimizer states (and fp32 weights) split across processes
         model.save_checkpoint(str(tmp), tag=DEEPSPEED, exclude_frozen_parameters=True, save_latest=False)
     elif accelerator.is_main_process:
@@ -102,7 +104,8 @@ def load(path: Path, model, optimizer, scheduler, accelerator) -> dict[str, Any]
         policy = accelerator.unwrap_model(model)
         for adapter in policy.adapters:
             load_adapter(policy, adapter, path / adapter)
-        policy.value_head.load_state_dict(torch.load(path / VALUE_HEAD, map_location="cpu"))
+        if policy.value_head is not None:
+            policy.value_head.load_state_dict(torch.load(path / VALUE_HEAD, map_location="cpu"))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
     set_rng_state(torch.load(path / f"rng_state_{accelerator.process_index}.pt", weights_only=False))

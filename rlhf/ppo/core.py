@@ -1,4 +1,5 @@
-"""The PPO algorithm for RLHF as pure tensor functions (no models, no I/O), tested against hand-derived numbers."""
+"""The PPO algorithm for RLHF as pure tensor functions (no models, no I/O), tested against hand-derived numbers:
+GAE with a critic, or the critic-free advantages of RLOO, GRPO and REINFORCE++."""
 
 import torch
 
@@ -110,6 +111,51 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
     return advantages * mask, (advantages + values) * mask
 
 
+def discounted_returns(rewards, mask, gamma=1.0):
+    """G_t = r_t + gamma * G_{t+1} within each row, 0 past its last real token: GAE with V = 0 and lambda = 1.
+    [B, T]; padding positions are 0."""
+    return gae(rewards, torch.zeros_like(rewards), mask, gamma, lam=1.0)[0]
+
+
+def reinforce_pp_advantages(rewards, mask, gamma=1.0):
+    """REINFORCE++ (Hu 2025): the per-token returns of the (KL-penalised) token rewards, whitened over all response
+    tokens of the batch; the batch, not a critic or a group, is the baseline. [B, T]"""
+    return masked_whiten(discounted_returns(rewards, mask, gamma), mask)
+
+
+def groups_of(rewards, k):
+    """Sequence rewards [B] as [B / k, k]: rows i*k .. i*k + k - 1 are the k samples of one prompt."""
+    if k < 2 or len(rewards) % k:
+        raise ValueError(f"group advantages need groups of k >= 2 samples filling the batch, got k={k} "
+                         f"for {len(rewards)} rows")
+    return rewards.reshape(-1, k)
+
+
+def rloo_advantages(rewards, k):
+    """RLOO (Kool et al. 2019, Ahmadian et al. 2024): each sample's sequence reward minus the mean of the other
+    k - 1 samples of its prompt, an unbiased baseline that needs no critic. [B]"""
+    groups = groups_of(rewards, k)
+    others = (groups.sum(1, keepdim=True) - groups) / (k - 1)
+    return (groups - others).reshape(-1)
+
+
+def grpo_advantages(rewards, k, scale=True, eps=1e-4):
+    """GRPO (Shao et al. 2024): sequence reward minus its group's mean, divided by the group's std (unbiased) + eps;
+    `scale=False` keeps the centred rewards (Dr. GRPO, Liu et al. 2025: the std division biases towards groups
+    that are all right or all wrong). [B]"""
+    groups = groups_of(rewards, k)
+    centred = groups - groups.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def per_token(sequence_values, mask):
+    """A value per sequence [B] on every response token of its row [B, T] (0 on padding): how RLOO and GRPO credit
+    a sequence's advantage to each of its tokens."""
+    return sequence_values[:, None].to(mask.dtype) * mask
+
+
 def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
     """Clipped surrogate (Schulman et al. 2017): mean over tokens of
     max(-A * ratio, -A * clamp(ratio, 1 - eps, 1 + eps)), ratio = exp(log p - log p_old).
@@ -126,6 +172,12 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
                  "approx_kl": masked_mean(0.5 * log_ratio ** 2, mask)}
     return loss, stats
+
+
+def kl_loss(logprobs, ref_logprobs, mask):
+    """GRPO's KL term (Shao et al. 2024): the token mean of the k3 estimate of KL(pi || pi_ref), for the loss
+    (times kl_coef) instead of a per-token reward penalty; its gradient pulls the policy back towards the reference."""
+    return masked_mean(kl_estimate(logprobs, ref_logprobs, "k3"), mask)
 
 
 def value_loss(values, old_values, returns, mask, clip_range_value=0.2):

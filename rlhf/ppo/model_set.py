@@ -18,7 +18,8 @@ from rlhf.ppo import rewards
 # The base is the SFT model (an SFT LoRA adapter is merged into it once). On top of it, one peft model holds
 #   policy    = base + LoRA "policy" (trained)
 #   reference = the same base with adapters disabled (no second copy of the weights)
-#   value     = base + LoRA "value" + a scalar head (trained), or a scalar head on the policy's hidden states
+#   value     = base + LoRA "value" + a scalar head (trained), or a scalar head on the policy's hidden states;
+#               none at all for the critic-free advantage estimators (config.critic is None)
 #   reward    = base + LoRA "reward" + the reward model's score head (frozen), when the reward model shares the base
 # A reward model of its own (fully fine-tuned, or on another base) is a frozen classifier beside it; with
 # `value_model: reward_lora` the value is that classifier + LoRA "value" + a head started as its score head, so the
@@ -28,9 +29,9 @@ POLICY, VALUE, REWARD = "policy", "value", "reward"
 VALUE_MODELS = ("lora_head", "policy_head", "reward_lora")
 
 
-def has_value_pass(value_model: str) -> bool:
-    """Whether the value model is a pass of its own (an adapter), rather than a head on the policy's states."""
-    return value_model != "policy_head"
+def has_value_pass(value_model: str | None) -> bool:
+    """Whether the value model is a pass of its own (an adapter), rather than a head on the policy's states or none."""
+    return value_model in ("lora_head", "reward_lora")
 
 
 class PolicyValueModel(nn.Module):
@@ -38,16 +39,17 @@ class PolicyValueModel(nn.Module):
 
     All trainable weights (policy LoRA, value LoRA, value head) take part in every forward, so one optimizer
     and DDP see one module. Switching adapters in peft flips `requires_grad`; `_use` restores the fixed set.
+    With `value_model` None (the critic-free estimators) there is no value adapter or head, and no values.
     """
 
-    def __init__(self, peft_model, value_head: nn.Linear, value_model: str, reward_peft=None):
+    def __init__(self, peft_model, value_head: nn.Linear | None, value_model: str | None, reward_peft=None):
         super().__init__()
         self.peft = peft_model
         self.reward_peft = reward_peft  # reward_lora: the separate reward classifier, holding the value adapter
         self.value_head = value_head
         self.value_model = value_model
         self._trainable = [p for name in self.adapters for p in adapter_parameters(self.peft_of(name), name)]
-        self._trainable += list(value_head.parameters())
+        self._trainable += list(value_head.parameters()) if value_head is not None else []
         self._use(POLICY)
 
     @property
@@ -267,7 +269,8 @@ def normalise_head(head: nn.Linear, stats: dict[str, float]) -> None:
 
 
 def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, Any]]:
-    """(policy+value model, reward, facts for the log and summary) for a PPO config."""
+    """(policy+value model, reward, facts for the log and summary) for a PPO config; with no value model
+    (`config.critic` None) the policy alone."""
     from peft import get_peft_model
 
     policy_tokenizer = load_tokenizer(config.policy_path)
@@ -286,7 +289,8 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
         if sharing:
             shared = reward_adapter(reward_source.adapter)
             add_lora(peft_model, REWARD, shared)
-    if config.value_model == "lora_head":
+    value_model = config.critic
+    if value_model == "lora_head":
         if shared:  # the value model starts as the reward model (adapter and head)
             add_lora(peft_model, VALUE, shared)
         else:
@@ -298,14 +302,16 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
                                        config.reward_model_path, shared.score, stats, device, policy_tokenizer)
     else:
         reward = rewards.separate_reward(config.reward_model_path, stats, device, policy_tokenizer)
-    reward_peft, score = None, shared.score if shared else None
-    if config.value_model == "reward_lora":
+    reward_peft, head = None, None
+    score = shared.score if shared and value_model else None  # what the value head starts as
+    if value_model == "reward_lora":
         reward_peft, score = value_on_reward_model(config, reward, shared is not None)
-    head = value_head(reward_peft.config.hidden_size if reward_peft else base.config.hidden_size, score)
+    if value_model:
+        head = value_head(reward_peft.config.hidden_size if reward_peft else base.config.hidden_size, score)
     known = rewards.score_normalization(config, stats)  # the reward run's statistics, when they normalise
     if score is not None and known:
         normalise_head(head, known)
-    model = PolicyValueModel(peft_model, head, config.value_model, reward_peft)
+    model = PolicyValueModel(peft_model, head, value_model, reward_peft)
     if isinstance(reward, rewards.ModelReward):
         info["reward"] += ("; it reads the rollout's tokens" if reward.tail is not None
                            else "; its tokenizer or template differs from the policy's, so it re-tokenizes text")

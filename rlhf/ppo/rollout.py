@@ -57,7 +57,7 @@ class Rollout:
     ended_with_eos: torch.Tensor  # [B] bool
     logprobs: torch.Tensor  # [B, R] policy log-probs at the sampling temperature
     ref_logprobs: torch.Tensor  # [B, R] reference (SFT) log-probs at the sampling temperature
-    values: torch.Tensor  # [B, R]
+    values: torch.Tensor | None  # [B, R]; None without a value model (the critic-free estimators)
     entropy: torch.Tensor  # [B, R] of the policy's sampling distribution
     scores: torch.Tensor  # [B] the reward model's scores, before any penalty or normalisation
 
@@ -208,11 +208,13 @@ def records_match_forward(model) -> bool:
 @torch.no_grad()
 def score(model, reward, prompts: list, samples: Samples, settings: Settings) -> Rollout:
     """The rollout: what sampling did not already give, `scoring_rows` rows at a time: reference log-probs (the base
-    with adapters off), values (the value adapter's pass, or the head on the policy states kept while sampling) and
-    the reward's scores. Below float32 the policy's own log-probs, entropy and values come from a forward pass too
-    (as in OpenRLHF), so that the update's first ratio is 1 and its first values are the old ones."""
+    with adapters off), values (the value adapter's pass, or the head on the policy states kept while sampling; none
+    without a value model) and the reward's scores. Below float32 the policy's own log-probs, entropy and values come
+    from a forward pass too (as in OpenRLHF), so that the update's first ratio is 1 and its first values are the old
+    ones."""
     recorded = records_match_forward(model)
-    names = ("ref_logprobs", "values", "scores") + (() if recorded else ("logprobs", "entropy"))
+    critic = model.value_model is not None
+    names = ("ref_logprobs", "scores") + (("values",) if critic else ()) + (() if recorded else ("logprobs", "entropy"))
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     sampled, p, mask = samples.sampled, samples.prompt_length, samples.mask
     for start in range(0, len(mask), settings.scoring_rows):
@@ -225,9 +227,10 @@ def score(model, reward, prompts: list, samples: Samples, settings: Settings) ->
             del logits
         elif sampled.hidden is not None:
             values = model.values_from(sampled.hidden[rows])
-        else:
+        elif critic:
             values = model(ids, attn, p, part=VALUE)[1]
-        parts["values"].append(values.float() * mask[rows])
+        if critic:
+            parts["values"].append(values.float() * mask[rows])
         ref_logits = model.reference_logits(ids, attn, p)
         parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, ids[:, p:], settings.temperature))
         del ref_logits
@@ -236,4 +239,4 @@ def score(model, reward, prompts: list, samples: Samples, settings: Settings) ->
     scored = {"logprobs": sampled.logprobs, "entropy": sampled.entropy, **{k: torch.cat(v) for k, v in parts.items()}}
     return Rollout(prompts, samples.responses, sampled.sequences, samples.attention_mask, p, mask,
                    samples.ended_with_eos, logprobs=scored["logprobs"] * mask, entropy=scored["entropy"],
-                   ref_logprobs=scored["ref_logprobs"] * mask, values=scored["values"], scores=scored["scores"])
+                   ref_logprobs=scored["ref_logprobs"] * mask, values=scored.get("values"), scores=scored["scores"])

@@ -10,6 +10,8 @@ from rlhf.errors import ConfigError
 from rlhf.ppo.model_set import VALUE_MODELS
 
 SCHEDULERS = ("constant", "linear", "cosine")
+ESTIMATORS = ("gae", "rloo", "grpo", "reinforce_pp")  # all but gae are critic-free: no value model
+GROUP_ESTIMATORS = ("rloo", "grpo")  # their baseline is the other samples of the same prompt
 
 
 @dataclass
@@ -24,7 +26,8 @@ class PPOStageConfig:
     max_steps: int = key(100, "PPO steps (one rollout and its update each)")
     seed: int = key(0, "seed for sampling, data order and adapter initialisation")
     report_to: Any = key("none", "none | wandb | tensorboard, or a list")
-    batch_size: int = key(16, "prompts per rollout, all processes together")
+    batch_size: int = key(16, "completions per rollout, all processes together")
+    num_samples_per_prompt: int = key(1, "completions sampled per prompt (a group; at least 2 for rloo and grpo)")
     mini_batch_size: int = key(4, "rollout rows per optimizer step, all processes together")
     gradient_accumulation_steps: int = key(1, "micro-batches each mini-batch is split into")
     ppo_epochs: int = key(2, "passes over each rollout")
@@ -40,6 +43,10 @@ class PPOStageConfig:
     kl_target: float | None = key(None, "adaptive KL: target KL per sequence in nats (null: fixed kl_coef)")
     kl_horizon: int = key(10000, "adaptive KL horizon, in rollout rows")
     kl_estimator: str = key("k1", "per-token KL estimate: k1 (log ratio) | k3 (non-negative, lower variance)")
+    advantage_estimator: str = key("gae", "gae (PPO with a value model) | rloo | grpo | reinforce_pp (critic-free: "
+                                          "no value model)")
+    scale_rewards: bool = key(True, "grpo: divide by the group's std (false: Dr. GRPO)")
+    kl_in_loss: bool = key(False, "the KL as a k3 term in the policy loss (as GRPO), not a per-token reward penalty")
     gamma: float = key(1.0, "discount")
     lam: float = key(0.95, "GAE lambda")
     clip_range: float = key(0.2, "policy ratio clip")
@@ -56,7 +63,7 @@ class PPOStageConfig:
     lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
     lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
     value_model: str = key("lora_head", "lora_head (own LoRA + head) | policy_head (head on the policy's states) | "
-                                        "reward_lora (LoRA + head on a separate reward model: starts as it)")
+                                        "reward_lora (LoRA + head on a separate reward model: starts as it); gae only")
     save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
     eval_dataset_path: str | None = key(None, "held-out prompts evaluated during training (eval/* metrics)")
     eval_steps: int = key(0, "evaluate the held-out prompts at the start and every this many steps (0: only at the end)")
@@ -73,7 +80,7 @@ class PPOStageConfig:
             raise ConfigError("set exactly one of reward_model_path and reward_fn")
         positive = ("max_steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
                     "max_new_tokens", "save_steps", "log_completions_steps", "max_prompt_length", "lora_r",
-                    "score_stats_rows")
+                    "score_stats_rows", "num_samples_per_prompt")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -84,11 +91,13 @@ class PPOStageConfig:
             raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not divisible by "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
         choices = {"lr_scheduler": SCHEDULERS, "value_model": VALUE_MODELS, "kl_estimator": ("k1", "k3"),
+                   "advantage_estimator": ESTIMATORS,
                    "score_stats": ("policy", "reward_data"),
                    "dtype": ("auto", "bfloat16", "float16", "float32")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} '{getattr(self, name)}' is not one of {', '.join(allowed)}")
+        self.check_groups()
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive (PPO samples), got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -99,20 +108,49 @@ class PPOStageConfig:
             raise ConfigError(f"eval_steps must not be negative, got {self.eval_steps}")
         if self.gold_judge and not self.eval_dataset_path:
             raise ConfigError("gold_judge is set but eval_dataset_path (the held-out prompts it judges) is not")
-        if self.value_model == "reward_lora" and not self.reward_model_path:
+        if self.critic == "reward_lora" and not self.reward_model_path:
             raise ConfigError("value_model reward_lora starts the value from the reward model: set reward_model_path")
         if self.kl_target is not None and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be positive, got {self.kl_target}")
         if min(self.kl_coef, self.clip_range, self.clip_range_value, self.vf_coef, self.learning_rate) < 0:
             raise ConfigError("kl_coef, clip ranges, vf_coef and learning_rate must not be negative")
 
+    def check_groups(self) -> None:
+        """The estimator's needs of the samples per prompt: a group of at least 2 for a group baseline, whole
+        groups in every rollout."""
+        k = self.num_samples_per_prompt
+        if self.advantage_estimator in GROUP_ESTIMATORS and k < 2:
+            raise ConfigError(f"advantage_estimator {self.advantage_estimator} compares each prompt's samples with "
+                              f"each other: num_samples_per_prompt must be at least 2, got {k}")
+        if self.batch_size % k:
+            raise ConfigError(f"batch_size {self.batch_size} counts completions: it is not divisible by "
+                              f"num_samples_per_prompt {k}")
+        if not self.scale_rewards and self.advantage_estimator != "grpo":
+            raise ConfigError(f"scale_rewards false (Dr. GRPO) is for advantage_estimator grpo, not "
+                              f"{self.advantage_estimator}")
+
+    @property
+    def critic(self) -> str | None:
+        """The value model trained beside the policy: `value_model` for GAE, None for the critic-free estimators
+        (no value adapter, head, pass, loss or checkpoint file). The one place that decides whether there is one."""
+        return self.value_model if self.advantage_estimator == "gae" else None
+
     def per_process(self, num_processes: int) -> tuple[int, int]:
-        """(rollout rows, micro-batch rows) of each process."""
+        """(rollout rows, micro-batch rows) of each process; a process's rows hold whole groups of samples."""
         micro = self.mini_batch_size // self.gradient_accumulation_steps
         if self.batch_size % num_processes or micro % num_processes:
             raise ConfigError(f"batch_size {self.batch_size} and mini_batch_size / gradient_accumulation_steps "
                               f"{micro} must be divisible by the {num_processes} processes")
+        k = self.num_samples_per_prompt
+        if self.batch_size // num_processes % k:
+            raise ConfigError(f"each process samples all num_samples_per_prompt {k} completions of its prompts, so "
+                              f"batch_size {self.batch_size} must be divisible by {k} x {num_processes} processes "
+                              f"= {k * num_processes}")
         return self.batch_size // num_processes, micro // num_processes
+
+    def prompts_per_step(self) -> int:
+        """Distinct prompts in a rollout: each is sampled num_samples_per_prompt times."""
+        return self.batch_size // self.num_samples_per_prompt
 
     def optimizer_steps(self) -> int:
         """Optimizer steps over the whole run (the LR schedule's length)."""

@@ -56,7 +56,7 @@ class PPORun:
 
     def state(self, step: int) -> dict[str, Any]:
         """What a checkpoint keeps besides weights and optimizer, for an exact resume."""
-        return {"prompts_seen": step * self.config.batch_size, "kl_controller": self.kl_control.state_dict(),
+        return {"prompts_seen": step * self.config.prompts_per_step(), "kl_controller": self.kl_control.state_dict(),
                 "score_normalization": self.normalization,
                 "eval_baseline_gold": self.held_out.baseline_gold if self.held_out else None}
 
@@ -66,10 +66,10 @@ class Advantages:
     """What PPO learns from, per rollout row and response token."""
 
     scores: torch.Tensor  # [B] after normalisation, clipping and the missing-EOS penalty
-    rewards: torch.Tensor  # [B, R] per-token rewards: -kl_coef * KL_t, plus the score on the last token
+    rewards: torch.Tensor  # [B, R] -kl_coef * KL_t on each token (0 with kl_in_loss), plus the score on the last one
     kl: torch.Tensor  # [B, R] per-token KL estimate
-    advantages: torch.Tensor  # [B, R] whitened
-    returns: torch.Tensor  # [B, R] value targets
+    advantages: torch.Tensor  # [B, R] by advantage_estimator (gae, reinforce_pp: whitened over the batch)
+    returns: torch.Tensor | None  # [B, R] value targets; None without a value model
 
 
 def prompt_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -85,18 +85,41 @@ def prompt_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     return out
 
 
+def rollout_prompts(step: int, config: PPOStageConfig, n: int) -> list[int]:
+    """The prompt of each rollout row of a step: `prompts_per_step` prompts (`prompt_indices`), each repeated
+    num_samples_per_prompt times in a row, so that a prompt's samples form one group on one process."""
+    k = config.num_samples_per_prompt
+    return [i for i in prompt_indices(step, config.prompts_per_step(), n, config.seed) for _ in range(k)]
+
+
 def estimate_advantages(ro: rollout.Rollout, config: PPOStageConfig, kl_coef: float,
                         normalization: dict[str, float] | None) -> Advantages:
-    """Scores -> per-token rewards with the KL penalty -> GAE advantages and returns (the one place they are made)."""
+    """Scores -> per-token rewards with the KL penalty (none with kl_in_loss: the loss has it) -> advantages by
+    `advantage_estimator`, and GAE's returns (the one place they are made)."""
     scores = core.score_with_penalties(
         ro.scores, ro.ended_with_eos, config.missing_eos_penalty,
         reward_mean=normalization["mean"] if normalization else 0.0,
         reward_std=normalization["std"] if normalization else 1.0,
         normalize=normalization is not None, clip=config.score_clip)
-    rewards, kl = core.token_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef, config.kl_estimator)
-    gae_rewards = core.masked_whiten(rewards, ro.mask, shift_mean=False) if config.whiten_rewards else rewards
-    advantages, returns = core.gae(gae_rewards, ro.values, ro.mask, config.gamma, config.lam)
-    return Advantages(scores, rewards, kl, core.masked_whiten(advantages, ro.mask), returns)
+    penalty = 0.0 if config.kl_in_loss else kl_coef
+    rewards, kl = core.token_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, penalty, config.kl_estimator)
+    return Advantages(scores, rewards, kl, *token_advantages(rewards, ro, config))
+
+
+def token_advantages(rewards: torch.Tensor, ro: rollout.Rollout,
+                     config: PPOStageConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(advantages [B, R], value targets [B, R] or None) of the per-token rewards: GAE on the values; REINFORCE++'s
+    whitened returns; or RLOO's / GRPO's advantage of each sequence reward within its group, on all its tokens."""
+    estimator, k = config.advantage_estimator, config.num_samples_per_prompt
+    if estimator == "gae":
+        gae_rewards = core.masked_whiten(rewards, ro.mask, shift_mean=False) if config.whiten_rewards else rewards
+        advantages, returns = core.gae(gae_rewards, ro.values, ro.mask, config.gamma, config.lam)
+        return core.masked_whiten(advantages, ro.mask), returns
+    if estimator == "reinforce_pp":
+        return core.reinforce_pp_advantages(rewards, ro.mask, config.gamma), None
+    sequence = (core.rloo_advantages(rewards.sum(1), k) if estimator == "rloo"
+                else core.grpo_advantages(rewards.sum(1), k, config.scale_rewards))
+    return core.per_token(sequence, ro.mask), None
 
 
 def build_and_prepare(config: PPOStageConfig, accelerator, measure: bool = True):
@@ -149,7 +172,7 @@ def setup(config: PPOStageConfig) -> PPORun:
 
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = distributed.make_accelerator(
-        several_passes=model_set.has_value_pass(config.value_model),
+        several_passes=model_set.has_value_pass(config.critic),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=runs.trackers(config.report_to) or None,
         step_scheduler_with_optimizer=False,  # the scheduler steps once per optimizer step, on any process count
@@ -189,30 +212,33 @@ def train_step(ppo: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollou
     """One PPO step; returns its metrics, the rollout and what was learnt from it."""
     config, accelerator = ppo.config, ppo.accelerator
 
-    # Step 1: sample responses to this process's share of the step's prompts, recording the policy's log-probs.
+    # Step 1: sample responses to this process's share of the step's prompts (whole groups of
+    # num_samples_per_prompt rows), recording the policy's log-probs.
     started = time.perf_counter()
     local_rows = config.batch_size // accelerator.num_processes
-    mine = prompt_indices(step, config.batch_size, len(ppo.data.prompts), config.seed)[
+    mine = rollout_prompts(step, config, len(ppo.data.prompts))[
         accelerator.process_index * local_rows:(accelerator.process_index + 1) * local_rows]
     samples = rollout.sample(ppo.policy, ppo.tokenizer, [ppo.data.texts[i] for i in mine], ppo.settings, accelerator.device,
                              distributed.weights_for_generation(ppo.model, accelerator))
     sampled = time.perf_counter()
 
-    # Step 2: score them (reference log-probs, values, reward), then give every process the whole batch.
+    # Step 2: score them (reference log-probs, values if there is a value model, reward), then give every process
+    # the whole batch.
     ro = rollout.score(ppo.policy, ppo.reward, [ppo.data.prompts[i] for i in mine], samples, ppo.settings)
     scored = time.perf_counter()
     ro = distributed.gather_rollout(ro, accelerator, ppo.tokenizer.pad_token_id)
     for name in ("scores", "logprobs", "ref_logprobs", "values"):
-        core.check_finite(name, getattr(ro, name), step)
+        if getattr(ro, name) is not None:
+            core.check_finite(name, getattr(ro, name), step)
 
-    # Step 3: per-token rewards with the KL penalty, then advantages and returns.
+    # Step 3: per-token rewards with the KL penalty, then advantages (and GAE's returns).
     kl_coef = ppo.kl_control.value
     learn = estimate_advantages(ro, config, kl_coef, ppo.normalization)
     updating = time.perf_counter()
 
-    # Step 4: the clipped policy and value updates, `ppo_epochs` passes over shuffled mini-batches.
+    # Step 4: the clipped policy (and value) updates, `ppo_epochs` passes over shuffled mini-batches.
     train_stats = ppo_update(ppo.model, ppo.optimizer, ppo.scheduler, accelerator, ro, learn.advantages, learn.returns,
-                             config, step)
+                             kl_coef, config, step)
 
     # Step 5: the step's metrics; the adaptive KL coefficient follows the KL just measured.
     metrics = {"ppo/score_mean": ro.scores.float().mean().item(), "ppo/reward_mean": learn.rewards.sum(1).mean().item(),

@@ -1,4 +1,5 @@
-"""The PPO update: `ppo_epochs` passes of clipped policy and value losses over shuffled mini-batches of a rollout."""
+"""The PPO update: `ppo_epochs` passes of clipped policy and value losses (and, with `kl_in_loss`, a KL term) over
+shuffled mini-batches of a rollout."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from rlhf.ppo.rollout import Rollout
 from rlhf.ppo.stage_config import PPOStageConfig
 
 
-def pass_loss(model, part: str, ro: Rollout, rows, advantages, returns, config: PPOStageConfig):
-    """(loss, its logged parts) of one training pass over `rows`: the policy loss, the value loss, or both, as
-    the pass computes logits, values or both."""
+def pass_loss(model, part: str, ro: Rollout, rows, advantages, returns, kl_coef: float, config: PPOStageConfig):
+    """(loss, its logged parts) of one training pass over `rows`: the policy loss (+ kl_coef * the KL term with
+    `kl_in_loss`), the value loss, or both, as the pass computes logits, values or both."""
     logits, values = model(ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length, part)
     loss, logged = 0.0, {}
     if logits is not None:
@@ -21,15 +22,19 @@ def pass_loss(model, part: str, ro: Rollout, rows, advantages, returns, config: 
         pg_loss, stats = core.policy_loss(logprobs, ro.logprobs[rows], advantages[rows], ro.mask[rows],
                                           config.clip_range)
         loss, logged = loss + pg_loss, {**logged, "loss_policy": pg_loss, **stats}
+        if config.kl_in_loss:
+            kl = core.kl_loss(logprobs, ro.ref_logprobs[rows], ro.mask[rows])
+            loss, logged = loss + kl_coef * kl, {**logged, "loss_kl": kl}
     if values is not None:
         vf_loss, stats = core.value_loss(values, ro.values[rows], returns[rows], ro.mask[rows], config.clip_range_value)
         loss, logged = loss + config.vf_coef * vf_loss, {**logged, "loss_value": vf_loss, **stats}
     return loss, logged
 
 
-def ppo_update(model, optimizer, scheduler, accelerator, ro: Rollout, advantages, returns,
+def ppo_update(model, optimizer, scheduler, accelerator, ro: Rollout, advantages, returns, kl_coef: float,
                config: PPOStageConfig, step: int) -> dict[str, float]:
-    """`ppo_epochs` passes over the whole rollout in shuffled mini-batches, an optimizer step each. Every process
+    """`ppo_epochs` passes over the whole rollout in shuffled mini-batches, an optimizer step each (`returns`: the
+    value targets, None without a value model; `kl_coef`: this step's, for `kl_in_loss`). Every process
     computes its share of each micro-batch, and losses are token means over the whole mini-batch: the update is the
     same for any number of processes and accumulation steps."""
     order_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -47,7 +52,7 @@ def ppo_update(model, optimizer, scheduler, accelerator, ro: Rollout, advantages
                 with accelerator.accumulate(model):
                     passes = policy.training_passes()
                     for part in passes:  # a backward after each pass: one pass's activations held at a time
-                        loss, logged = pass_loss(model, part, ro, rows, advantages, returns, config)
+                        loss, logged = pass_loss(model, part, ro, rows, advantages, returns, kl_coef, config)
                         core.check_finite("loss", loss, step)
                         distributed.backward(accelerator, loss * share * copies, last=part == passes[-1])
                         for name, value in logged.items():
