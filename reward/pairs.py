@@ -28,6 +28,7 @@ FORMATS = ("pairs", "hosted", "hh", "label_export")
 VOTE_FIELDS = ("votes_chosen", "votes_rejected", "n_votes")  # with `pair_id`: what marks the labeling app's export
 HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+DROP_HINT = "`drop_bad_rows: true` skips such rows and reports them: counted, and listed in summary.json"
 
 
 
@@ -172,16 +173,27 @@ def parse_rows(rows: list[Row], data_format: str = "auto", drop_bad_rows: bool =
 
 def load_pair_splits(path: str | Path, data_format: str = "auto", drop_bad_rows: bool = False,
                      margin_column: str | None = "margin") -> tuple[dict[str, list[PreferencePair]], list[DataError]]:
-    """Pairs by split (a file is one split, `train`; a `datasets` folder keeps its splits) and the dropped rows."""
+    """Pairs by split (a file is one split, `train`; a `datasets` folder keeps its splits) and the dropped rows.
+
+    Without `drop_bad_rows` the first bad row is an error that also says how to skip such rows (public data sets
+    have a few: empty answers, pairs whose dialogues differ before the last turn)."""
     dropped: list[DataError] = []
-    splits = datafiles.read_splits(path, dropped if drop_bad_rows else None)
+    splits = datafiles.read_splits(path, dropped)
     out = {}
     for name, rows in splits.items():
-        out[name], bad = parse_rows(rows, data_format, drop_bad_rows, margin_column)
+        out[name], bad = parse_rows(rows, data_format, drop_bad_rows=True, margin_column=margin_column)
         dropped += bad
+    if dropped and not drop_bad_rows:
+        first = dropped[0]
+        raise DataError(first.where, f"{first.detail} ({DROP_HINT})", field=first.field)
     if not any(out.values()):
         raise DataError(str(path), "no usable preference pairs")
     return out, dropped
+
+
+def dropped_rows(dropped: list[DataError]) -> list[dict[str, str | None]]:
+    """Every dropped row's file:line, field and reason, for the run summary."""
+    return [{"where": e.where, "field": e.field, "reason": e.detail} for e in dropped]
 
 
 def describe_drops(dropped: list[DataError], show: int = 5) -> str:

@@ -176,9 +176,9 @@ def run(config: RewardStageConfig, callbacks: tuple = ()) -> dict:
         processing_class=tokenizer, peft_config=hf_stage.peft_config(config, "SEQ_CLS"),
         margin_buckets=config.margin_buckets,
     )
-    counts = hf_stage.data_counts(reports)
-    counts["bad_rows_dropped"] = len(dropped)
-    return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": counts}, callbacks,
+    facts = {**hf_stage.data_counts(reports), "bad_rows_dropped": len(dropped),
+             "bad_rows": pairs_lib.dropped_rows(dropped)}  # every dropped row: file:line, field, reason
+    return hf_stage.train_and_finish(trainer, run_dir, resume, data["test"], tokenizer, {"data": facts}, callbacks,
                                      perplexity=False, after_test=lambda t: reward_stats(t, run_dir))
 
 

@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("rlhf.evaluate", "evaluate a policy (and compare with a baseline)"),
     "report": ("rlhf.report", "plot metrics.jsonl of run directories to PNG"),
     "export": ("rlhf.export", "merge adapters into a standalone model"),
+    "convert": ("rlhf.convert", "convert a GGUF file into a standard model folder"),
     "generate": ("rlhf.generate", "print completions from a model or run directory"),
 }
 

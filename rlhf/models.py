@@ -6,11 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhf.convert import gguf_source, local_model
 from rlhf.errors import ConfigError
 from rlhf.runs import CONFIG, FINAL
 
 # A run directory's `final/` holds either full weights or a peft adapter (with the base's name or path recorded in
-# `adapter_config.json`); both resolve here to "base + optional adapter".
+# `adapter_config.json`); both resolve here to "base + optional adapter". A `.gguf` file or a known model name
+# resolves to its converted folder in the cache (rlhf.convert), wherever a model is named.
 
 ADAPTER_CONFIG = "adapter_config.json"  # a peft adapter folder: its config (naming its base) and weights
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -39,8 +41,8 @@ class ModelSource:
 
 
 def resolve(path_or_name: str) -> ModelSource:
-    """Resolve a run directory, a model/adapter folder, or a hub name."""
-    path = Path(path_or_name)
+    """Resolve a run directory, a model/adapter folder, a `.gguf` file, a known model name, or a hub name."""
+    path = Path(local_model(path_or_name))
     if (path / FINAL).is_dir():
         path = path / FINAL
     elif path.is_dir() and (path / CONFIG).is_file() and not (path / "config.json").is_file():
@@ -53,7 +55,8 @@ def resolve(path_or_name: str) -> ModelSource:
         tokenizer = str(path) if (path / "tokenizer_config.json").is_file() else inner.tokenizer
         merged = inner.merged + ((inner.adapter,) if inner.adapter else ())
         return ModelSource(inner.base, str(path), tokenizer, merged)
-    return ModelSource(str(path) if path.exists() else path_or_name, None, str(path) if path.exists() else path_or_name)
+    where = str(path) if path.exists() else path_or_name
+    return ModelSource(where, None, where)
 
 
 def load_tokenizer(source: str | ModelSource, padding_side: str = "left"):
@@ -82,6 +85,7 @@ def load_causal_lm(path_or_name: str, dtype: str = "auto", merge: bool = True):
 
     src = resolve(path_or_name)
     model = AutoModelForCausalLM.from_pretrained(src.base, dtype=torch_dtype(dtype))
+    keep_source_name(model, path_or_name)
     for adapter in src.merged:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     if src.adapter:
@@ -89,6 +93,13 @@ def load_causal_lm(path_or_name: str, dtype: str = "auto", merge: bool = True):
         if merge and model.peft_config["default"].peft_type.value == "LORA":
             model = model.merge_and_unload()
     return model
+
+
+def keep_source_name(model, path_or_name: str) -> None:
+    """A model loaded from a converted GGUF is named by the file or model name it came from, not by its cache
+    folder, so that adapters trained on it record that name as their base (and resolve it again anywhere)."""
+    if gguf_source(path_or_name) is not None:
+        model.name_or_path = path_or_name
 
 
 def _is_lora(adapter_dir: str) -> bool:
@@ -105,6 +116,7 @@ def load_sequence_classifier(path_or_name: str, dtype: str = "auto"):
 
     src = resolve(path_or_name)
     model = AutoModelForSequenceClassification.from_pretrained(src.base, num_labels=1, dtype=torch_dtype(dtype))
+    keep_source_name(model, path_or_name)
     if src.adapter:
         merged = load_causal_lm(path_or_name, dtype)
         body = {k: v for k, v in merged.state_dict().items() if not k.startswith(_lm_head_names(merged))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 from rlhf.errors import DataError
 from rlhf.chat import as_messages, check_messages, format_prompt
@@ -16,6 +17,7 @@ from rlhf.hf_stage import LengthReport
 # hand TRL finished `input_ids`/`labels` for every split, the test split included.
 
 IGNORE = -100
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")  # `{% generation %}`: the template marks assistant text
 
 
 def detect_format(row: Row) -> str:
@@ -69,12 +71,11 @@ def validate(rows: list[Row]) -> tuple[str, list[dict]]:
 def tokenize(example: dict, tokenizer) -> dict[str, list[int]]:
     """input_ids and labels (IGNORE outside the tokens that carry the loss)."""
     if "messages" in example:
-        out = tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+        ids, mask = chat_tokens(example["messages"], tokenizer)
         if 1 not in mask:
-            raise DataError("chat template", "marks no assistant tokens: it needs {% generation %} markers for "
-                            "assistant-only loss (or use prompt/completion data)", field="chat_template")
+            raise DataError("chat template", "marks no assistant tokens in a conversation (with `{% generation %}` "
+                            "markers: none around the assistant text; use prompt/completion data otherwise)",
+                            field="chat_template")
         return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
     if "text" in example:
         ids = tokenizer(example["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -90,6 +91,46 @@ def tokenize(example: dict, tokenizer) -> dict[str, list[int]]:
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return {"input_ids": ids, "labels": [IGNORE] * len(prompt_ids) + ids[len(prompt_ids):]}
+
+
+def chat_tokens(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """The conversation's token ids through the chat template, and per token 1 if it belongs to an assistant turn.
+
+    A template with `{% generation %}` markers says which tokens those are; for one without (SmolLM2's ChatML, most
+    shipped templates) the turns are found by rendering the conversation prefix by prefix (`assistant_spans`)."""
+    if GENERATION_TAG.search(str(tokenizer.chat_template or "")):
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        return list(out["input_ids"]), list(out["assistant_masks"])
+    text, spans = assistant_spans(messages, tokenizer)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [start for start, _ in encoded["offset_mapping"]]
+    return list(encoded["input_ids"]), [int(any(a <= start < b for a, b in spans)) for start in starts]
+
+
+def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of each assistant turn in it.
+
+    A turn is the text that rendering the messages through it adds to rendering the messages before it with
+    `add_generation_prompt=True` (the header `<|im_start|>assistant\n` is the prompt's, not the answer's), up to its
+    last non-space character (the EOS; the newline between turns is the template's). This holds only if every
+    shorter render starts the longer ones; a template that renders earlier turns differently (e.g. strips their
+    reasoning) is an error instead of a wrong mask."""
+    def render(part: list[dict], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(part, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    text, spans = render(messages, False), []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, through = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (through.startswith(before) and text.startswith(through)):
+            raise DataError("chat template", f"has no {{% generation %}} markers, and rendering the conversation "
+                            f"through messages[{i}] (an assistant turn) does not extend the render of the turns before it (or does "
+                            "not start the full render), so its assistant tokens cannot be found; add the markers "
+                            "or use prompt/completion data", field="chat_template")
+        spans.append((len(before), len(through.rstrip())))
+    return text, spans
 
 
 def tokenize_all(examples: list[dict], tokenizer, max_length: int | None, too_long: str) -> tuple[list[dict], LengthReport]:

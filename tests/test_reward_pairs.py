@@ -117,14 +117,39 @@ def test_bad_row_names_file_line_and_field(tmp_path, good, bad, field, message):
         load_pairs(path)
     assert error.value.where == f"{path}:2" and error.value.field == field and message in error.value.detail
     assert f"{path}:2: field '{field}'" in str(error.value)
+    assert str(error.value).endswith(f" ({pairs_lib.DROP_HINT})")  # says how to skip such rows
     pairs, dropped = load_pairs(path, drop_bad_rows=True)  # the same row, dropped and reported instead
-    assert len(pairs) == 1 and [str(e) for e in dropped] == [str(error.value)]
+    assert len(pairs) == 1 and [f"{e} ({pairs_lib.DROP_HINT})" for e in dropped] == [str(error.value)]
+
+
+def write_hh_with_public_data_flaws(path):
+    """An HH file as public data has it: good pairs, an empty final assistant turn, a pair sharing no prompt."""
+    rows = [GOOD_HH,
+            {**GOOD_HH, "chosen": "\n\nHuman: Hi\n\nAssistant:"},
+            GOOD_HH,
+            {**GOOD_HH, "rejected": hh(("Human", "Bye"), ("Assistant", "No"))}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_flawed_public_hh_rows_say_how_to_skip_them_and_are_listed_when_dropped(tmp_path):
+    path = write_hh_with_public_data_flaws(tmp_path / "hh.jsonl")
+    with pytest.raises(DataError) as error:
+        load_pairs(path)
+    assert str(error.value) == (f"{path}:2: field 'chosen': empty response (`drop_bad_rows: true` skips such rows "
+                                "and reports them: counted, and listed in summary.json)")
+    pairs, dropped = load_pairs(path, drop_bad_rows=True)
+    assert [p.where for p in pairs] == [f"{path}:1", f"{path}:3"]
+    assert pairs_lib.dropped_rows(dropped) == [
+        {"where": f"{path}:2", "field": "chosen", "reason": "empty response"},
+        {"where": f"{path}:4", "field": "rejected", "reason": "shares no prompt with 'chosen' (the dialogues before "
+                                                              "the last assistant turns differ or are empty)"}]
 
 
 def test_malformed_line_is_an_error_or_a_counted_drop(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps(GOOD) + "\n{not json\n" + json.dumps(GOOD) + "\n")
-    with pytest.raises(DataError, match=f"{path}:2: malformed JSON"):
+    with pytest.raises(DataError, match=f"{path}:2: malformed JSON .*drop_bad_rows: true"):
         load_pairs(path)
     pairs, dropped = load_pairs(path, drop_bad_rows=True)
     assert [p.where for p in pairs] == [f"{path}:1", f"{path}:3"] and len(dropped) == 1

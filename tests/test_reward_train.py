@@ -244,3 +244,25 @@ def test_reward_model_reloads_on_its_base(tiny_llama, tmp_path, base, method):
             assert abs(on_bare_base(input_ids=ids).logits[0, 0].item() - chosen[0].item()) > 1e-3
     else:
         assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()
+
+
+def test_flawed_hh_rows_stop_the_stage_or_are_dropped_and_listed_in_the_summary(tiny_llama, tmp_path, capsys):
+    """Public HH data has an empty final assistant turn here and there, and pairs whose dialogues differ."""
+    hh = lambda prompt, answer: f"\n\nHuman: {prompt}\n\nAssistant: {answer}"  # noqa: E731
+    rows = [{"chosen": hh(r["prompt"], r["chosen"]), "rejected": hh(r["prompt"], r["rejected"])}
+            for r in map(json.loads, (DATA / "prefs_polite.jsonl").read_text().splitlines()[:20])]
+    rows[3]["chosen"] = rows[3]["chosen"].rsplit("Assistant:", 1)[0] + "Assistant:"
+    rows[7]["rejected"] = hh("Something else entirely?", "No.")
+    data = tmp_path / "hh.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["reward", "--model_name_or_path", str(tiny_llama), "--dataset_path", str(data),
+            "--output_dir", str(tmp_path / "rm"), "--max_steps", "2", "--val_ratio", "0", "--test_ratio", "0"]
+    assert cli.main(argv) == 2
+    assert f"{data}:4: field 'chosen': empty response (`drop_bad_rows: true` skips such rows" in capsys.readouterr().err
+    assert cli.main([*argv, "--drop_bad_rows"]) == 0
+    assert "dropped 2 bad rows" in capsys.readouterr().out
+    counts = runs.read_summary(tmp_path / "rm")["data"]
+    assert counts["bad_rows_dropped"] == 2 and counts["train_rows"] == 18
+    assert [(row["where"], row["field"]) for row in counts["bad_rows"]] == [(f"{data}:4", "chosen"),
+                                                                           (f"{data}:8", "rejected")]
+    assert counts["bad_rows"][1]["reason"].startswith("shares no prompt with 'chosen'")

@@ -8,6 +8,8 @@ from transformers import AutoTokenizer
 
 from rlhf import datafiles, sft_data
 from rlhf.cli import main
+from rlhf.sft_data import IGNORE
+from rlhf.errors import DataError
 
 GOOD = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}] * 3
 
@@ -84,6 +86,45 @@ def test_assistant_only_masking_token_by_token(tiny_llama):
     # everything before the first assistant answer is masked, including the "assistant\n" header
     first = out["labels"].index(next(lbl for lbl in out["labels"] if lbl != sft_data.IGNORE))
     assert tok.decode(out["input_ids"][:first]).endswith("<|im_start|>assistant\n")
+
+
+CHAT = [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Grass?"}, {"role": "assistant", "content": "Green."}]
+
+
+def marker_free_tokenizer(tiny_llama, template: str):
+    """The tiny model's tokenizer with another chat template."""
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.chat_template = template
+    return tok
+
+
+def test_assistant_only_masking_without_generation_markers(tiny_llama):
+    """SmolLM2's kind of template: ChatML without markers that injects a default system prompt."""
+    from gguf_helpers import CHATML_WITH_DEFAULT_SYSTEM
+
+    tok = marker_free_tokenizer(tiny_llama, CHATML_WITH_DEFAULT_SYSTEM)
+    out = sft_data.tokenize({"messages": CHAT}, tok)
+    text = tok.apply_chat_template(CHAT, tokenize=False)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    assert out["input_ids"] == tok.apply_chat_template(CHAT, tokenize=True, return_dict=True)["input_ids"]
+    trained = [tok.decode([t]) for t, label in zip(out["input_ids"], out["labels"]) if label != IGNORE]
+    assert "".join(trained) == "Blue.<|im_end|>Green.<|im_end|>"  # what the marked template trains, too
+    first = out["labels"].index(next(lbl for lbl in out["labels"] if lbl != sft_data.IGNORE))
+    assert tok.decode(out["input_ids"][:first]).endswith("Sky?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_template_that_rewrites_earlier_turns_is_an_error_not_a_wrong_mask(tiny_llama):
+    rewrites = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+                "{% if message['role'] == 'assistant' and not loop.last %}(earlier answer){% else %}"
+                "{{ message['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok = marker_free_tokenizer(tiny_llama, rewrites)
+    with pytest.raises(DataError, match=r"chat template: field 'chat_template': has no \{% generation %\} markers, "
+                                        r"and rendering the conversation through messages\[1\]"):
+        sft_data.tokenize({"messages": CHAT}, tok)
+    out = sft_data.tokenize({"messages": CHAT[:2]}, tok)  # one assistant turn: nothing rewritten, so it is found
+    assert tok.decode([t for t, label in zip(out["input_ids"], out["labels"]) if label != IGNORE]) == "Blue.<|im_end|>"
 
 
 def test_prompt_completion_masks_the_prompt(tiny_llama):
