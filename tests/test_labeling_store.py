@@ -206,8 +206,8 @@ def test_simulate_command_with_noise_uses_the_rule(tmp_path, capsys, monkeypatch
 def test_generate_samples_pairs_from_a_policy(tmp_path, monkeypatch, capsys):
     calls = {}
 
-    def sample(model, tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size):
-        calls.update(prompts=prompts, n=n, max_new_tokens=max_new_tokens, seed=seed)
+    def sample(model, tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size, top_k):
+        calls.update(prompts=prompts, n=n, max_new_tokens=max_new_tokens, seed=seed, top_k=top_k)
         return [[f"{i}-x", f"{i}-y", f"{i}-x"] for i in range(len(prompts))]
 
     from rlhf import sampling
@@ -220,7 +220,8 @@ def test_generate_samples_pairs_from_a_policy(tmp_path, monkeypatch, capsys):
     argv = ["label", "generate", "--db", str(db), "--model", "runs/sft", "--prompts", str(prompts), "--n", "3",
             "--max-new-tokens", "16", "--seed", "5"]
     assert rlhf(argv) == 0
-    assert calls == {"prompts": ["one", [{"role": "user", "content": "two"}]], "n": 3, "max_new_tokens": 16, "seed": 5}
+    assert calls == {"prompts": ["one", [{"role": "user", "content": "two"}]], "n": 3, "max_new_tokens": 16, "seed": 5,
+                     "top_k": 0}  # every sampling parameter explicit: no library default applies
     assert "added 2 pairs (0 already present; 2 empty or repeated completions left out)" in capsys.readouterr().out
     pairs = list(Store(db).pairs().values())
     assert [(p.prompt, p.response_a, p.response_b, p.model_a) for p in pairs] == [
