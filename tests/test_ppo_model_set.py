@@ -149,6 +149,19 @@ def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):
     assert values.shape == ids[:, prompt_length:].shape
 
 
+def test_values_are_float32_also_from_a_head_that_deepspeed_cast_to_bf16(ppo_runs):
+    """DeepSpeed's bf16 (`mixed_precision: bf16` in configs/accelerate/zero2.yaml) casts the whole trained module."""
+    model, _, _ = model_set.build(config(ppo_runs), "cpu")
+    hidden = torch.randn(2, 3, model.value_head.in_features)
+    expected = model.values_from(hidden)
+    assert expected.abs().max() > 0  # the head starts as the reward model's score head
+    model.value_head.to(torch.bfloat16)
+    for states in (hidden, hidden.bfloat16()):
+        values = model.values_from(states)
+        assert values.dtype == torch.float32
+        torch.testing.assert_close(values, expected, atol=0.05, rtol=0.05)
+
+
 def test_reward_lora_value_starts_as_a_fully_fine_tuned_reward_model_that_stays_frozen(ppo_runs):
     model, reward, info = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs["rm_full"]),
                                                  value_model="reward_lora", score_stats="reward_data"), "cpu")

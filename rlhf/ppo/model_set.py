@@ -124,8 +124,10 @@ class PolicyValueModel(nn.Module):
                     use_cache=False).last_hidden_state
 
     def values_from(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Values [B, R] from final hidden states [B, R, H]."""
-        return self.value_head(hidden.float()).squeeze(-1)
+        """Values [B, R] (float32) from final hidden states [B, R, H]."""
+        # In the head's dtype: float32, unless DeepSpeed's bf16 (`mixed_precision: bf16` of the GPU launcher configs)
+        # has cast the whole trained module, head included.
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).float().squeeze(-1)
 
     def training_passes(self) -> tuple[str, ...]:
         """The forward/backward passes of one micro-batch. With its own adapter the value model is a second pass
