@@ -1,13 +1,18 @@
-"""Benchmark the SFT, reward and PPO stages against TRL used directly, on one small offline model.
+"""Benchmark the SFT, reward and PPO stages against TRL used directly, on one offline model.
 
     python scripts/bench.py [--only sft,reward,ppo] [--reps 3] [--steps 16] [--skip-anchor] [--tiny] [--out bench.json]
+                            [--model PATH_OR_NAME] [--estimator gae|grpo|rloo] [--num-samples 4] [--kl-coef 0.05]
 
 Anchors: SFT and reward = TRL's SFTTrainer / RewardTrainer (the TRL this project runs on) with the same model,
-data, batch, max_length, LoRA and steps; PPO = TRL 1.12's `trl.experimental.ppo.PPOTrainer` (the last release
-with PPO), which this script installs into its own virtual environment (.bench/trl112-venv) and runs there
-through scripts/bench_trl_ppo.py. Every measured run is a fresh subprocess: its peak resident memory is that of
-its whole process tree, sampled every 20 ms. Throughput counts the training loop only (tokens without padding
-for SFT/reward; completions per second of rollout + update time for PPO, the first step left out as warm-up).
+data, batch, max_length, LoRA and steps; PPO (`--estimator gae`) = TRL 1.12's `trl.experimental.ppo.PPOTrainer`
+(the last release with PPO), which this script installs into its own virtual environment (.bench/trl112-venv) and
+runs there through scripts/bench_trl_ppo.py; `--estimator grpo|rloo` = TRL's GRPOTrainer / RLOOTrainer from the TRL
+installed here, through scripts/bench_trl_grpo_rloo.py, against our PPO stage with that `advantage_estimator`.
+The model is a random bench model built here, or `--model` (a folder, or a name rlhf.convert resolves offline).
+Every measured run is a fresh subprocess: its peak resident memory is that of its whole process tree, sampled
+every 20 ms. Throughput counts the training loop only (tokens without padding for SFT/reward; completions per
+second of rollout + update time for PPO, the first step left out as warm-up). Generation is also compared with
+the time that reading every weight once per generated token takes at the memory bandwidth measured in the run.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the project's packages, from this checkout
 ANCHOR_VENV = REPO / ".bench" / "trl112-venv"
 ANCHOR_SCRIPT = REPO / "scripts" / "bench_trl_ppo.py"
+GROUP_ANCHOR_SCRIPT = REPO / "scripts" / "bench_trl_grpo_rloo.py"  # grpo, rloo: runs in this environment
+ESTIMATORS = ("gae", "grpo", "rloo")
 ANCHOR_TRL = "1.12.0"
 SHARED_LIBRARIES = ("transformers", "peft", "accelerate", "datasets")  # same versions in the anchor's venv
 REPORTED_LIBRARIES = ("torch", "trl", *SHARED_LIBRARIES)
@@ -50,7 +57,7 @@ class Settings:
     layers: int = 6
     heads: int = 8
     steps: int = 16  # optimizer steps (SFT, reward) or PPO steps (rollout + update)
-    batch_size: int = 8  # rows (SFT), pairs (reward), prompts per rollout (PPO)
+    batch_size: int = 8  # rows (SFT), pairs (reward), completions per rollout (PPO; grpo, rloo: num_samples a prompt)
     max_length: int = 256
     response_length: int = 64
     ppo_epochs: int = 1
@@ -58,19 +65,26 @@ class Settings:
     lora_r: int = 8
     lora_alpha: int = 16
     learning_rate: float = 1e-4
-    kl_coef: float = 0.05
+    kl_coef: float = 0.05  # PPO's kl_coef, TRL's beta (0: no KL term)
     seed: int = 0
-    value_model: str = "lora_head"  # ours only: the anchor always trains a separate full value model
+    value_model: str = "lora_head"  # ours only, gae only: the anchor always trains a separate full value model
+    model: str | None = None  # a real model (folder or known name) instead of the bench model hidden/layers/heads
+    estimator: str = "gae"  # PPO's advantage_estimator: gae (value model) | grpo | rloo (critic-free)
+    num_samples: int = 4  # grpo, rloo: completions per prompt (num_generations); batch_size counts completions
 
 
 # ---- inputs: model, data, the reward model PPO uses ------------------------------------------------
 
 
 def prepare_model(workdir: Path, s: Settings) -> Path:
-    """The bench model (a random Llama-like model with the demo task's tokenizer), built once per size."""
+    """`s.model` as a local folder (converted once if it is a GGUF file or a known name), else the bench model (a
+    random Llama-like model with the demo task's tokenizer), built once per size."""
     from rlhf import demo_task
+    from rlhf.convert import local_model
     from rlhf.tiny import make_tiny_model
 
+    if s.model:
+        return Path(local_model(s.model)).resolve()
     folder = workdir / f"model-h{s.hidden}-l{s.layers}-a{s.heads}"
     if not (folder / "config.json").is_file():
         make_tiny_model(folder, "llama", s.hidden, s.layers, s.heads, seed=0,
@@ -248,6 +262,22 @@ def matmul_flops(n: int = 1024, windows: int = 5, seconds: float = 0.2) -> float
     return best
 
 
+def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of copying one fp32 tensor of `megabytes` (far beyond the caches) into another, read + write bytes
+    counted (STREAM's copy): the best of a few copies after a warm-up one, as for the matmul figure."""
+    import torch
+
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = max(best, 2 * source.numel() * source.element_size() / (time.perf_counter() - started))
+    return best
+
+
 # ---- workers (run as `bench.py --worker KIND`, one per measured run) -------------------------------
 
 
@@ -357,10 +387,20 @@ def ppo_ours(s: Settings, model: Path, data: dict[str, Path], out: Path, reward_
                   mini_batch_size=s.batch_size // s.mini_batches, ppo_epochs=s.ppo_epochs,
                   learning_rate=s.learning_rate, max_new_tokens=s.response_length, kl_coef=s.kl_coef,
                   lora_r=s.lora_r, lora_alpha=s.lora_alpha, save_steps=s.steps, log_completions_steps=s.steps,
-                  value_model=s.value_model, dtype="float32"))
+                  dtype="float32", **estimator_keys(s)))
     steps = runs.MetricsFile(out).read()
     return ppo_result([{name: row[f"time/{name}_s"] for name in ("generation", "scoring", "training")}
                        for row in steps], s.batch_size)
+
+
+def estimator_keys(s: Settings) -> dict[str, Any]:
+    """Our PPO keys for `s.estimator`, doing what its anchor does: GAE with our value model; GRPO and RLOO on raw
+    reward-model scores in groups of `num_samples`, with the KL where TRL puts it (GRPO: a k3 term in the loss; RLOO:
+    the k1 log-ratio summed into the reward, our default estimator)."""
+    if s.estimator == "gae":
+        return {"value_model": s.value_model}
+    return {"advantage_estimator": s.estimator, "num_samples_per_prompt": s.num_samples,
+            "kl_in_loss": s.estimator == "grpo", "normalize_scores": False}
 
 
 def ppo_result(step_times: list[dict[str, float]], batch_size: int) -> dict[str, float]:
@@ -397,8 +437,9 @@ def run_side(stage: str, side: str, s: Settings, inputs: dict[str, Any], workdir
     spec = {"settings": dataclasses.asdict(s), "model": str(inputs["model"]), "out": str(out),
             "data": {k: str(v) for k, v in inputs["data"].items()}, "reward_run": str(inputs.get("reward_run", ""))}
     if stage == "ppo" and side == "anchor":
-        cmd = [str(inputs["anchor_python"]), str(ANCHOR_SCRIPT), "--spec",
-               json.dumps({**spec, "reward_model": str(inputs["reward_merged"])})]
+        python, script = ((inputs["anchor_python"], ANCHOR_SCRIPT) if s.estimator == "gae"
+                          else (sys.executable, GROUP_ANCHOR_SCRIPT))
+        cmd = [str(python), str(script), "--spec", json.dumps({**spec, "reward_model": str(inputs["reward_merged"])})]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{stage}-{side}", "--spec", json.dumps(spec)]
     return measure(cmd, workdir / "logs" / f"{stage}-{side}-{rep}.log", threads, extra_env)
@@ -406,6 +447,16 @@ def run_side(stage: str, side: str, s: Settings, inputs: dict[str, Any], workdir
 
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def add_streaming(runs: list[dict], bandwidths: list[float], weight_bytes: int, tokens: int) -> None:
+    """Per PPO run: generation ms per generated token (one decode step of the whole rollout batch, `tokens` of them
+    per step) and the weight-streaming bound's share of it: the time to read `weight_bytes` once at the bandwidth
+    measured in the same repetition, ÷ that measured time per token (1 = at the bound)."""
+    for r, bandwidth in zip(runs, bandwidths):
+        per_token_s = r["generation_s"] / tokens
+        r["generation_token_ms"] = 1e3 * per_token_s
+        r["streaming_fraction"] = weight_bytes / bandwidth / per_token_s
 
 
 def summarise(runs: list[dict], flops: list[float], params: int) -> dict[str, dict[str, float]]:
@@ -438,6 +489,15 @@ def anchor_versions(python: Path) -> dict[str, str]:
     return json.loads(subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True).stdout)
 
 
+def model_size(model: Path) -> tuple[int, int]:
+    """(parameters, bytes of the weights in float32, the dtype every side runs in) of the model's architecture."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=torch.float32)
+    return built.num_parameters(), sum(p.numel() * p.element_size() for p in built.parameters())
+
+
 def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, workdir: Path,
               threads: int | None = None, allocator: str = "glibc") -> dict[str, Any]:
     import torch
@@ -456,16 +516,18 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
         inputs["reward_run"] = prepare_ppo_reward(workdir, model, inputs["data"]["prefs"], s)
         if not skip_anchor:
             inputs["reward_merged"] = merged_reward(inputs["reward_run"])
-            inputs["anchor_python"] = anchor_python()
-            report["machine"]["anchor_versions"] = anchor_versions(inputs["anchor_python"])
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    params = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).num_parameters()
+            if s.estimator == "gae":
+                inputs["anchor_python"] = anchor_python()
+            report["machine"]["anchor_versions"] = (anchor_versions(inputs["anchor_python"]) if s.estimator == "gae"
+                                                    else report["machine"]["versions"])
+    params, weight_bytes = model_size(model)
     sides = ["ours"] if skip_anchor else ["ours", "anchor"]
     raw: dict[str, dict[str, list[dict]]] = {stage: {side: [] for side in sides} for stage in stages}
-    flops = []
+    flops, bandwidths = [], []
     for rep in range(1, reps + 1):
         flops.append(matmul_flops())
+        if "ppo" in stages:
+            bandwidths.append(memory_bandwidth())
         for stage in stages:
             for side in (sides if rep % 2 else sides[::-1]):  # who goes first alternates between repetitions
                 result = run_side(stage, side, s, inputs, workdir, rep, threads, extra_env)
@@ -473,6 +535,10 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
                 print(f"rep {rep}/{reps} {stage:<6} {side:<6} " + ", ".join(
                     f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)), file=sys.stderr)
     report.update({"model_parameters": params, "matmul_flops": spread(flops)})
+    if "ppo" in stages:
+        report.update({"weight_bytes": weight_bytes, "memory_bandwidth": spread(bandwidths)})
+        for runs in raw["ppo"].values():  # decode steps per rollout: response_length, unless every row stops early
+            add_streaming(runs, bandwidths, weight_bytes, s.response_length)
     for stage in stages:
         ours = summarise(raw[stage]["ours"], flops, params)
         anchor = None if skip_anchor else summarise(raw[stage]["anchor"], flops, params)
@@ -488,24 +554,40 @@ ROWS = {"sft": [("tokens_per_s", "tokens/s"), ("mfu", "MFU"), ("peak_rss_mb", "p
                    ("wall_s", "process wall (s)")],
         "ppo": [("completions_per_s", "completions/s"), ("peak_rss_mb", "peak RSS (MB)"),
                 ("generation_s", "generation s/step"), ("scoring_s", "scoring s/step"),
-                ("training_s", "training s/step"), ("wall_s", "process wall (s)")]}
+                ("training_s", "training s/step"), ("generation_token_ms", "generation ms/token"),
+                ("streaming_fraction", "weight-streaming bound ÷ generation time"), ("wall_s", "process wall (s)")]}
+PERCENT_FIELDS = ("mfu", "streaming_fraction")
 
 
 def cell(stat: dict[str, float] | None, name: str) -> str:
     if stat is None:
         return "-"
-    fmt = (lambda v: f"{100 * v:.2f}%") if name == "mfu" else (lambda v: f"{v:.4g}")
+    fmt = (lambda v: f"{100 * v:.2f}%") if name in PERCENT_FIELDS else (lambda v: f"{v:.4g}")
     return f"{fmt(stat['median'])} ({fmt(stat['min'])}-{fmt(stat['max'])})"
+
+
+def rate(stat: dict[str, float], unit: str) -> str:
+    """A measured machine rate in giga-`unit`: median (min-max)."""
+    return f"{stat['median'] / 1e9:.1f} G{unit} ({stat['min'] / 1e9:.1f}-{stat['max'] / 1e9:.1f})"
+
+
+def ppo_description(report: dict[str, Any]) -> str:
+    """The PPO estimator and its settings, and the weight-streaming bound's inputs."""
+    s = report["settings"]
+    estimator = (f"gae, our value model {s['value_model']}" if s["estimator"] == "gae"
+                 else f"{s['estimator']}, {s['num_samples']} completions per prompt")
+    return (f"; PPO estimator {estimator}, KL coefficient (beta) {s['kl_coef']:g}; fp32 weights "
+            f"{report['weight_bytes'] / 1e6:.1f} MB, memory copy {rate(report['memory_bandwidth'], 'B/s')}")
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table: median (min-max) over the repetitions, and ours ÷ anchor of the medians."""
-    s, flops = report["settings"], report["matmul_flops"]
-    lines = [(f"model: Llama-like, hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads, "
-              f"{report['model_parameters'] / 1e6:.1f} M parameters; {report['reps']} repetitions, {s['steps']} steps, "
-              f"{report['threads']} torch threads; allocator {report['allocator']}; "
-              f"our PPO value model: {s['value_model']}; "
-              f"matmul fp32 {flops['median'] / 1e9:.1f} GFLOP/s ({flops['min'] / 1e9:.1f}-{flops['max'] / 1e9:.1f})"),
+    s = report["settings"]
+    model = s["model"] or f"Llama-like, hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads"
+    lines = [(f"model: {model}, {report['model_parameters'] / 1e6:.1f} M parameters; {report['reps']} repetitions, "
+              f"{s['steps']} steps, {report['threads']} torch threads; allocator {report['allocator']}; "
+              f"matmul fp32 {rate(report['matmul_flops'], 'FLOP/s')}"
+              + (ppo_description(report) if "ppo" in report else "")),
              "", "| stage | metric | ours | anchor | ours ÷ anchor |", "| --- | --- | --- | --- | --- |"]
     for stage in STAGES:
         if stage not in report:
@@ -529,8 +611,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--heads", type=int, default=None)
+    parser.add_argument("--model", default=None,
+                        help="model folder, .gguf file or known name (smollm2-135m-instruct), not the bench model")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default="gae",
+                        help="PPO's advantage estimator; anchor: TRL 1.12 PPOTrainer (gae), GRPOTrainer, RLOOTrainer")
+    parser.add_argument("--num-samples", type=int, default=Settings.num_samples,
+                        help="grpo, rloo: completions per prompt (TRL's num_generations), dividing the 8 a rollout")
+    parser.add_argument("--kl-coef", type=float, default=Settings.kl_coef,
+                        help="PPO's kl_coef, TRL's beta; 0: no KL term")
     parser.add_argument("--value-model", choices=("lora_head", "policy_head"), default="lora_head",
-                        help="our PPO's value model (the anchor always trains a separate full one)")
+                        help="gae: our PPO's value model (the anchor always trains a separate full one)")
     parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc",
                         help="malloc both sides run with (jemalloc/tcmalloc: preloaded from the system's libraries)")
     parser.add_argument("--threads", type=int, default=None,
@@ -545,10 +635,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(hidden=64, layers=2, heads=4, steps=3) if args.tiny else Settings()
-    s.value_model = args.value_model
+    s.value_model, s.model, s.estimator, s.num_samples, s.kl_coef = (args.value_model, args.model, args.estimator,
+                                                                     args.num_samples, args.kl_coef)
     for name in ("hidden", "layers", "heads", "steps"):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
+    if s.estimator != "gae" and (s.num_samples < 2 or s.batch_size % s.num_samples):
+        raise SystemExit(f"--num-samples must be at least 2 and divide the {s.batch_size} completions per rollout")
     return s
 
 

@@ -48,7 +48,8 @@ class PhaseTimer:
         self.current, self.step_started = defaultdict(float), now
 
 
-def step_callback(timer: PhaseTimer):
+def step_callback(timer: PhaseTimer, every: int = 1):
+    """A TrainerCallback ending the timer's step every `every` optimizer steps (one rollout's updates)."""
     from transformers import TrainerCallback
 
     class StepTimes(TrainerCallback):
@@ -56,7 +57,8 @@ def step_callback(timer: PhaseTimer):
             timer.step_started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            timer.end_step()
+            if state.global_step % every == 0:
+                timer.end_step()
 
     return StepTimes()
 
@@ -105,12 +107,13 @@ def run(spec: dict) -> dict:
     return ppo_result(timer.steps, s["batch_size"])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(run_spec=run, description: str = __doc__) -> int:
+    """An anchor worker's command line: `run_spec(--spec)` written to --result."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--spec", required=True, help="JSON from scripts/bench.py")
     parser.add_argument("--result", required=True, help="where to write the result JSON")
     args = parser.parse_args()
-    Path(args.result).write_text(json.dumps(run(json.loads(args.spec))))
+    Path(args.result).write_text(json.dumps(run_spec(json.loads(args.spec))))
     return 0
 
 

@@ -99,3 +99,54 @@ def test_tiny_benchmark_without_anchor_reports_every_stage(tmp_path):
         assert s["steps"] * s["batch_size"] * 10 <= run["tokens"] <= s["steps"] * s["batch_size"] * 2 * s["max_length"]
     (ppo,) = report["ppo"]["runs"]["ours"]
     assert ppo["measured_steps"] == s["steps"] - 1
+
+
+def test_streaming_fraction_is_the_bound_over_the_measured_time_per_token(bench):
+    runs = [{"generation_s": 2.0}, {"generation_s": 4.0}]
+    bench.add_streaming(runs, bandwidths=[1e9, 2e9], weight_bytes=10**7, tokens=100)
+    assert runs[0]["generation_token_ms"] == pytest.approx(20.0) and runs[1]["generation_token_ms"] == pytest.approx(40.0)
+    assert runs[0]["streaming_fraction"] == pytest.approx(0.01 / 0.02)  # 10 MB at 1 GB/s: 10 ms of 20 ms per token
+    assert runs[1]["streaming_fraction"] == pytest.approx(0.005 / 0.04)
+    assert bench.memory_bandwidth(megabytes=64, repeats=2) > 0
+
+
+def test_critic_free_estimators_take_what_their_trl_anchor_does(bench):
+    def keys(*argv):
+        return bench.estimator_keys(bench.settings_from(bench.parse_args(list(argv))))
+
+    assert keys() == {"value_model": "lora_head"}
+    assert keys("--estimator", "grpo") == {"advantage_estimator": "grpo", "num_samples_per_prompt": 4,
+                                           "kl_in_loss": True, "normalize_scores": False}
+    assert keys("--estimator", "rloo", "--num-samples", "2")["kl_in_loss"] is False  # RLOO: KL in the reward
+    with pytest.raises(SystemExit, match="--num-samples"):
+        keys("--estimator", "rloo", "--num-samples", "3")
+
+
+@pytest.fixture(scope="module")
+def shared_workdir(tmp_path_factory):
+    """One bench model, data set and reward run for the critic-free smoke runs."""
+    return tmp_path_factory.mktemp("bench-work")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator, kl_coef", [("grpo", "0.05"), ("rloo", "0")])
+def test_tiny_critic_free_benchmark_against_trl(estimator, kl_coef, shared_workdir, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--only", "ppo", "--estimator", estimator,
+                           "--kl-coef", kl_coef, "--steps", "1", "--reps", "1", "--threads", "1",
+                           "--workdir", str(shared_workdir), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert (report["settings"]["estimator"], report["settings"]["kl_coef"]) == (estimator, float(kl_coef))
+    assert report["memory_bandwidth"]["median"] > 0 and report["weight_bytes"] == 4 * report["model_parameters"]
+    part = report["ppo"]
+    assert set(part["ratios"]) == {"completions_per_s", "peak_rss_mb", "generation_s", "scoring_s", "training_s",
+                                   "wall_s"}
+    assert all(ratio > 0 for ratio in part["ratios"].values()), part["ratios"]
+    for side in ("ours", "anchor"):
+        assert part[side]["completions_per_s"]["median"] > 0
+        assert 0 < part[side]["streaming_fraction"]["median"] and part[side]["generation_token_ms"]["median"] > 0
+        (run,) = part["runs"][side]
+        assert run["measured_steps"] == 1
+    assert f"PPO estimator {estimator}" in proc.stdout and "| ppo | completions/s |" in proc.stdout
