@@ -180,6 +180,7 @@ def test_held_out_evaluation_is_logged_from_the_starting_policy_on(ppo_runs, tmp
     assert sorted(rows) == [0, 1, 2, 3]
     assert {"eval/gold_score", "eval/rm_score", "eval/kl"} <= rows[0].keys() and "eval/win_rate" not in rows[0]
     assert abs(rows[0]["eval/kl"]) < 1e-3  # the starting policy is the reference
+    assert 0 < rows[0]["eval/response_length"] <= config.max_new_tokens  # in tokens
     assert not any(k.startswith("eval/") for k in rows[1])
     for step in (2, 3):  # every eval_steps, and at the end
         assert {"eval/gold_score", "eval/rm_score", "eval/kl", "eval/win_rate"} <= rows[step].keys()

@@ -39,8 +39,8 @@ class Probe:
 
 
 def sample_and_score(probe: Probe, prompts: list, seed: int) -> list[dict[str, Any]]:
-    """{"prompt", "response", "score", "kl"} of each of `prompts`, sampled from the policy with `seed` (the caller's
-    random state is left as it was).
+    """{"prompt", "response", "score", "kl", "tokens"} of each of `prompts`, sampled from the policy with `seed`
+    (the caller's random state is left as it was).
 
     The prompts go in fixed chunks of CHUNK_ROWS, each sampled with its own seed, and the chunks are dealt to the
     processes in turn: the numbers do not depend on how many processes there are or on `scoring_rows`. Every
@@ -61,9 +61,11 @@ def sample_and_score(probe: Probe, prompts: list, seed: int) -> list[dict[str, A
             ro = rollout.score(probe.model, probe.reward, chunk, samples, probe.settings)
             kl = ((ro.logprobs - ro.ref_logprobs) * ro.mask).sum(1)
             if index < len(chunks):
-                rows.append((index, [{"prompt": p, "response": r, "score": float(s), "kl": float(k)}
-                                     for p, r, s, k in zip(chunk, ro.responses, ro.scores.tolist(), kl.tolist())]))
-    return [row for _, chunk_rows in sorted(gathered(rows, probe.num_processes), key=lambda item: item[0]) for row in chunk_rows]
+                columns = zip(chunk, ro.responses, ro.scores.tolist(), kl.tolist(), ro.mask.sum(1).tolist())
+                rows.append((index, [{"prompt": p, "response": r, "score": float(s), "kl": float(k), "tokens": int(n)}
+                                     for p, r, s, k, n in columns]))
+    in_order = sorted(gathered(rows, probe.num_processes), key=lambda item: item[0])
+    return [row for _, chunk_rows in in_order for row in chunk_rows]
 
 
 def gathered(items: list, num_processes: int) -> list:
@@ -96,7 +98,8 @@ def measure_score_stats(probe: Probe, prompts: list, rows: int, seed: int) -> di
 
 @dataclass
 class HeldOut:
-    """The held-out prompts, the gold judge (or None) and the starting policy's gold scores (the win rate's baseline)."""
+    """The held-out prompts, the gold judge (or None), and the starting policy's gold scores (the win rate's
+    baseline)."""
 
     prompts: list
     judge: Callable[[Any, str], float] | None
@@ -108,7 +111,7 @@ class HeldOut:
         rows = sample_and_score(probe, self.prompts, self.seed + EVAL_SEED_OFFSET)
         metrics = {"eval/rm_score": statistics.fmean(r["score"] for r in rows),
                    "eval/kl": statistics.fmean(r["kl"] for r in rows),
-                   "eval/response_length": statistics.fmean(len(r["response"]) for r in rows)}
+                   "eval/response_length": statistics.fmean(r["tokens"] for r in rows)}
         if self.judge is not None:
             for row in rows:
                 row["gold"] = float(self.judge(row["prompt"], row["response"]))
