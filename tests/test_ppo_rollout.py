@@ -120,6 +120,26 @@ def test_what_sampling_records_equals_a_forward_pass(ppo_runs, value_model):
         assert sampled.hidden is None
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_scoring_without_values_skips_only_the_value_pass(ppo_runs, dtype, monkeypatch):
+    from contextlib import nullcontext
+
+    model, reward = ppo_model(ppo_runs, dtype=dtype)
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]), padding_side="left")
+    data = rollout.read_prompts(str(ppo_runs["prompts"]), tokenizer, 512)
+    settings = rollout.Settings(8, 1.0, 1.0, scoring_rows=4)
+    torch.manual_seed(0)
+    samples = rollout.sample(model, tokenizer, data.texts[:4], settings, "cpu", nullcontext())
+    full = rollout.score(model, reward, data.prompts[:4], samples, settings)
+    value_passes = []
+    value_states = model.value_states
+    monkeypatch.setattr(model, "value_states", lambda *a: value_passes.append(1) or value_states(*a))
+    bare = rollout.score(model, reward, data.prompts[:4], samples, settings, with_values=False)
+    assert full.values is not None and bare.values is None and not value_passes
+    for name in ("logprobs", "ref_logprobs", "scores"):
+        torch.testing.assert_close(getattr(bare, name), getattr(full, name))
+
+
 def rollout_and_forward(ppo_runs, value_model: str, dtype: str):
     """(rollout of 8 prompts, what sampling recorded, the policy's logits and values of a fresh forward pass)."""
     from contextlib import nullcontext

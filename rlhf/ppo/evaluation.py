@@ -58,7 +58,7 @@ def sample_and_score(probe: Probe, prompts: list, seed: int) -> list[dict[str, A
             texts = [format_prompt(probe.tokenizer, p) for p in chunk]
             samples = rollout.sample(probe.model, probe.tokenizer, texts, probe.settings, probe.device,
                                      probe.generation_weights())
-            ro = rollout.score(probe.model, probe.reward, chunk, samples, probe.settings)
+            ro = rollout.score(probe.model, probe.reward, chunk, samples, probe.settings, with_values=False)
             kl = ((ro.logprobs - ro.ref_logprobs) * ro.mask).sum(1)
             if index < len(chunks):
                 columns = zip(chunk, ro.responses, ro.scores.tolist(), kl.tolist(), ro.mask.sum(1).tolist())

@@ -13,7 +13,7 @@ from rlhf.errors import DataError
 from rlhf.chat import format_prompt, prompt_of_row
 from rlhf.datafiles import read_rows
 from rlhf.ppo import core
-from rlhf.ppo.model_set import VALUE
+from rlhf.ppo.model_set import POLICY, VALUE
 from rlhf.sampling import generate_ids
 
 # `generate` is the only function that samples (through rlhf.sampling.generate_ids, as every command does); `sample`
@@ -206,14 +206,14 @@ def records_match_forward(model) -> bool:
 
 
 @torch.no_grad()
-def score(model, reward, prompts: list, samples: Samples, settings: Settings) -> Rollout:
+def score(model, reward, prompts: list, samples: Samples, settings: Settings, with_values: bool = True) -> Rollout:
     """The rollout: what sampling did not already give, `scoring_rows` rows at a time: reference log-probs (the base
     with adapters off), values (the value adapter's pass, or the head on the policy states kept while sampling; none
     without a value model) and the reward's scores. Below float32 the policy's own log-probs, entropy and values come
     from a forward pass too (as in OpenRLHF), so that the update's first ratio is 1 and its first values are the old
-    ones."""
+    ones. `with_values=False` (the held-out evaluation, which reads no values) skips the value pass."""
     recorded = records_match_forward(model)
-    critic = model.value_model is not None
+    critic = with_values and model.value_model is not None
     names = ("ref_logprobs", "scores") + (("values",) if critic else ()) + (() if recorded else ("logprobs", "entropy"))
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     sampled, p, mask = samples.sampled, samples.prompt_length, samples.mask
@@ -221,11 +221,11 @@ def score(model, reward, prompts: list, samples: Samples, settings: Settings) ->
         rows = slice(start, start + settings.scoring_rows)
         ids, attn = sampled.sequences[rows], samples.attention_mask[rows]
         if not recorded:
-            logits, values = model(ids, attn, p)
+            logits, values = model(ids, attn, p, part="both" if critic else POLICY)
             parts["logprobs"].append(core.logprobs_from_logits(logits, ids[:, p:], settings.temperature))
             parts["entropy"].append(core.entropy_from_logits(logits, settings.temperature))
             del logits
-        elif sampled.hidden is not None:
+        elif critic and sampled.hidden is not None:
             values = model.values_from(sampled.hidden[rows])
         elif critic:
             values = model(ids, attn, p, part=VALUE)[1]
