@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import random
 import re
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from rlhf.config import command_main, key
-from rlhf.datafiles import write_jsonl
-from rlhf.errors import ConfigError, RLHFError
+from rlhf.task_files import prefer, run_script, split, task_files_main
 
 # A user introduces themselves and asks about a coloured thing ("I am Anna. Describe a red apple."). Acceptable
 # answers are built from a small grammar: an optional opener, a core sentence, an optional closer ("Sure! A red apple
@@ -125,8 +120,7 @@ def judge(prompt: Any, response_a: str, response_b: str) -> str:
 
     Annotation noise is added by the labeling app (`rlhf label simulate --noise P`).
     """
-    a, b = gold_score(prompt, response_a), gold_score(prompt, response_b)
-    return "a" if a > b else "b" if b > a else "tie"
+    return prefer(gold_score(prompt, response_a), gold_score(prompt, response_b))
 
 
 # ---- the shipped files ---------------------------------------------------------------------------
@@ -137,16 +131,13 @@ def demo_files(seed: int = SEED) -> dict[str, list[dict] | str]:
     prompts = all_prompts()
     rng.shuffle(prompts)
     files: dict[str, list[dict] | str] = {}
-    start = 0
-    for split, size in SPLITS.items():
-        chosen = prompts[start:start + size]
-        start += size
-        if split == "sft":
+    for name, chosen in split(prompts, SPLITS).items():
+        if name == "sft":
             files["sft.jsonl"] = [{"messages": [{"role": "user", "content": p},
                                                 {"role": "assistant", "content": demonstration(parse_prompt(p), rng)}]}
                                   for p in chosen]
         else:
-            files[f"{split}.jsonl"] = [{"prompt": p} for p in chosen]
+            files[f"{name}.jsonl"] = [{"prompt": p} for p in chosen]
     files["corpus.txt"] = tokenizer_text(files["sft.jsonl"])
     return files
 
@@ -158,48 +149,10 @@ def tokenizer_text(chats: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_demo_files(out: str | Path, seed: int = SEED) -> list[Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, content in demo_files(seed).items():
-        path = out / name
-        if isinstance(content, str):
-            path.write_text(content, encoding="utf-8")
-        else:
-            write_jsonl(path, content)
-        written.append(path)
-    return written
-
-
-# ---- the command line (`python -m rlhf.demo_task [--out DIR] [--seed N]`) ---------------------------
-
-@dataclass
-class DemoFilesConfig:
-    """Write the demo task's data files (`python -m rlhf.demo_task --out configs/demo`)."""
-
-    out: str = key("configs/demo", "folder to write the data files to")
-    seed: int = key(SEED, "seed of the prompt splits and demonstrations (the shipped files use the default)")
-
-    def __post_init__(self):
-        self.out = str(self.out)  # this module's annotations are strings, so a number-like --out arrives parsed
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-
-
-def write_demo_files_command(config: DemoFilesConfig) -> int:
-    for path in write_demo_files(config.out, config.seed):
-        print(f"wrote {path}")
-    return 0
-
-
 def main(argv: list[str]) -> int:
-    return command_main(argv, DemoFilesConfig, DemoFilesConfig.__doc__, write_demo_files_command)
+    return task_files_main(argv, demo_files, "configs/demo",
+                           "Write the demo task's data files (`python -m rlhf.demo_task --out configs/demo`).")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except RLHFError as e:  # one line and status 2, as `rlhf COMMAND` reports it
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)
