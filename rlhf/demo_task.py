@@ -7,7 +7,7 @@ import random
 import re
 from typing import Any
 
-from rlhf.task_files import prefer, run_script, split, task_files_main
+from rlhf.task_files import prefer, run_script, split_files, task_files_main
 
 # A user introduces themselves and asks about a coloured thing ("I am Anna. Describe a red apple."). Acceptable
 # answers are built from a small grammar: an optional opener, a core sentence, an optional closer ("Sure! A red apple
@@ -130,14 +130,7 @@ def demo_files(seed: int = SEED) -> dict[str, list[dict] | str]:
     rng = random.Random(seed)
     prompts = all_prompts()
     rng.shuffle(prompts)
-    files: dict[str, list[dict] | str] = {}
-    for name, chosen in split(prompts, SPLITS).items():
-        if name == "sft":
-            files["sft.jsonl"] = [{"messages": [{"role": "user", "content": p},
-                                                {"role": "assistant", "content": demonstration(parse_prompt(p), rng)}]}
-                                  for p in chosen]
-        else:
-            files[f"{name}.jsonl"] = [{"prompt": p} for p in chosen]
+    files = split_files(prompts, SPLITS, str, lambda p: demonstration(parse_prompt(p), rng))
     files["corpus.txt"] = tokenizer_text(files["sft.jsonl"])
     return files
 

@@ -66,9 +66,16 @@ def prefer(score_a: float, score_b: float) -> str:
     return "a" if score_a > score_b else "b" if score_b > score_a else "tie"
 
 
-def split(items: list, sizes: dict[str, int]) -> dict[str, list]:
-    """Consecutive, disjoint parts of `items` (already shuffled), one per split name, of the given sizes."""
-    parts, start = {}, 0
+def split_files(items: list, sizes: dict[str, int], prompt: Callable, answer: Callable) -> Files:
+    """`<split>.jsonl` rows from consecutive, disjoint parts of shuffled `items`: chats (`prompt(item)` answered
+    by `answer(item)`, in order) for the "sft" split, `{"prompt"}` rows for the others."""
+    files: Files = {}
+    start = 0
     for name, size in sizes.items():
-        parts[name], start = items[start:start + size], start + size
-    return parts
+        part, start = items[start:start + size], start + size
+        if name == "sft":
+            files["sft.jsonl"] = [{"messages": [{"role": "user", "content": prompt(item)},
+                                                {"role": "assistant", "content": answer(item)}]} for item in part]
+        else:
+            files[f"{name}.jsonl"] = [{"prompt": prompt(item)} for item in part]
+    return files

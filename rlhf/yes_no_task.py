@@ -8,7 +8,7 @@ import random
 import re
 from typing import Any
 
-from rlhf.task_files import prefer, run_script, split, task_files_main
+from rlhf.task_files import prefer, run_script, split_files, task_files_main
 
 # Each prompt asks a yes/no question about a fact (a capital, an animal's class or flight, a comparison or parity
 # of numbers) and states a constraint a gold judge can check: "Start your answer with Yes or No." A good answer
@@ -142,14 +142,7 @@ def task_files(seed: int = SEED) -> dict[str, list[dict] | str]:
     rng = random.Random(seed)
     chosen = facts()
     rng.shuffle(chosen)
-    files: dict[str, list[dict] | str] = {}
-    for name, part in split(chosen, SPLITS).items():
-        if name == "sft":
-            files["sft.jsonl"] = [{"messages": [{"role": "user", "content": prompt_of(f)},
-                                                {"role": "assistant", "content": demonstration(f, rng)}]} for f in part]
-        else:
-            files[f"{name}.jsonl"] = [{"prompt": prompt_of(f)} for f in part]
-    return files
+    return split_files(chosen, SPLITS, prompt_of, lambda f: demonstration(f, rng))
 
 
 def main(argv: list[str]) -> int:
