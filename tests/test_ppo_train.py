@@ -296,6 +296,37 @@ def test_group_advantages_come_from_the_penalised_or_the_raw_score(ppo_runs, tmp
     assert learn.returns is None
 
 
+def test_kl_coef_zero_skips_the_reference_pass_in_training(ppo_runs, tmp_path, monkeypatch):
+    """With no KL term the rollouts do not run the reference (the held-out evaluation still does, for its KL),
+    the rewards are the scores, and no `ppo/kl` is logged, rather than a KL of 0 that was never measured."""
+    calls = []
+    reference_logits = model_set.PolicyValueModel.reference_logits
+    monkeypatch.setattr(model_set.PolicyValueModel, "reference_logits",
+                        lambda self, *args: calls.append(len(args[0])) or reference_logits(self, *args))
+    eval_rows = sum(1 for _ in open(ppo_runs["prompts"]))
+    train.run(ppo_config(ppo_runs, tmp_path / "run", max_steps=2, kl_coef=0.0, eval_steps=2,
+                         eval_dataset_path=str(ppo_runs["prompts"]), gold_judge="test_ppo_train:gold_e",
+                         **CRITIC_FREE["grpo"]))
+    assert sum(calls) == 2 * eval_rows  # the evaluation before step 1 and after step 2; no rollout row
+    metrics = runs.MetricsFile(tmp_path / "run").read()
+    steps = [m for m in metrics if m["step"] > 0]
+    assert [m["step"] for m in steps] == [1, 2] and not any("ppo/kl" in m for m in steps)
+    assert all(m["ppo/reward_mean"] == pytest.approx(m["ppo/score_mean"]) for m in steps)
+    assert "eval/kl" in steps[-1]
+
+
+def test_rewards_without_a_reference_are_the_scores_on_the_last_tokens(ppo_runs, tmp_path):
+    config = ppo_config(ppo_runs, tmp_path, advantage_estimator="grpo", num_samples_per_prompt=2, batch_size=4,
+                        scale_rewards=False, kl_coef=0.0)
+    ro = group_rollout(torch.zeros(4, 3))
+    ro.ref_logprobs = None
+    learn = train.estimate_advantages(ro, config, config.kl_coef, normalization=None)
+    torch.testing.assert_close(learn.rewards, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0],
+                                                            [0.0, 2.0, 0.0]]))
+    assert learn.kl is None
+    torch.testing.assert_close(learn.advantages[:, 0], torch.tensor([-1.0, 1.0, 0.0, 0.0]))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(advantage_estimator="ppo"), "advantage_estimator 'ppo' is not one of gae, rloo, grpo, reinforce_pp"),
     (dict(advantage_estimator="grpo"), "grpo compares each prompt's samples .* at least 2, got 1"),
@@ -303,6 +334,7 @@ def test_group_advantages_come_from_the_penalised_or_the_raw_score(ppo_runs, tmp
                                                                  "divisible by num_samples_per_prompt 3"),
     (dict(num_samples_per_prompt=0), "num_samples_per_prompt must be at least 1"),
     (dict(advantage_estimator="rloo", num_samples_per_prompt=2, scale_rewards=False), "scale_rewards false .* rloo"),
+    (dict(kl_coef=0.0, kl_target=1.0), "kl_target adapts kl_coef by multiplying it, so kl_coef .* must be positive"),
 ])
 def test_inconsistent_estimator_keys_are_an_error(ppo_runs, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -83,12 +83,15 @@ def score_with_penalties(scores, ended_with_eos, missing_eos_penalty=None, rewar
 def token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1"):
     """r_t = -kl_coef * KL_t on every response token, + score on each row's last real token
     (Ziegler et al. 2019, eq. 2). Returns (rewards [B, T], kl [B, T]); padding positions are 0."""
-    mask = mask.to(logprobs.dtype)
-    kl = kl_estimate(logprobs, ref_logprobs, estimator) * mask
-    rewards = -kl_coef * kl
-    last = mask.sum(-1).long() - 1
-    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
-    return rewards, kl
+    kl = kl_estimate(logprobs, ref_logprobs, estimator) * mask.to(logprobs.dtype)
+    return terminal_rewards(scores, mask, logprobs.dtype) - kl_coef * kl, kl
+
+
+def terminal_rewards(scores, mask, dtype=torch.float32):
+    """[B, T]: each row's score on its last real token, 0 elsewhere (the rewards with no KL term)."""
+    rewards = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    rewards[torch.arange(len(scores)), mask.sum(-1).long() - 1] = scores.to(dtype)
+    return rewards
 
 
 @torch.no_grad()

@@ -56,7 +56,7 @@ class Rollout:
     mask: torch.Tensor  # [B, R] 1 on response tokens up to and including the first EOS
     ended_with_eos: torch.Tensor  # [B] bool
     logprobs: torch.Tensor  # [B, R] policy log-probs at the sampling temperature
-    ref_logprobs: torch.Tensor  # [B, R] reference (SFT) log-probs at the sampling temperature
+    ref_logprobs: torch.Tensor | None  # [B, R] reference (SFT) log-probs at the sampling temperature; None at kl_coef 0
     values: torch.Tensor | None  # [B, R]; None without a value model (the critic-free estimators)
     entropy: torch.Tensor  # [B, R] of the policy's sampling distribution
     scores: torch.Tensor  # [B] the reward model's scores, before any penalty or normalisation
@@ -206,15 +206,18 @@ def records_match_forward(model) -> bool:
 
 
 @torch.no_grad()
-def score(model, reward, prompts: list, samples: Samples, settings: Settings, with_values: bool = True) -> Rollout:
+def score(model, reward, prompts: list, samples: Samples, settings: Settings, with_values: bool = True,
+          with_reference: bool = True) -> Rollout:
     """The rollout: what sampling did not already give, `scoring_rows` rows at a time: reference log-probs (the base
     with adapters off), values (the value adapter's pass, or the head on the policy states kept while sampling; none
     without a value model) and the reward's scores. Below float32 the policy's own log-probs, entropy and values come
     from a forward pass too (as in OpenRLHF), so that the update's first ratio is 1 and its first values are the old
-    ones. `with_values=False` (the held-out evaluation, which reads no values) skips the value pass."""
+    ones. `with_values=False` (the held-out evaluation, which reads no values) skips the value pass;
+    `with_reference=False` (training without a KL term) skips the reference pass."""
     recorded = records_match_forward(model)
     critic = with_values and model.value_model is not None
-    names = ("ref_logprobs", "scores") + (("values",) if critic else ()) + (() if recorded else ("logprobs", "entropy"))
+    names = (("scores",) + (("ref_logprobs",) if with_reference else ()) + (("values",) if critic else ())
+             + (() if recorded else ("logprobs", "entropy")))
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     sampled, p, mask = samples.sampled, samples.prompt_length, samples.mask
     for start in range(0, len(mask), settings.scoring_rows):
@@ -231,12 +234,14 @@ def score(model, reward, prompts: list, samples: Samples, settings: Settings, wi
             values = model(ids, attn, p, part=VALUE)[1]
         if critic:
             parts["values"].append(values.float() * mask[rows])
-        ref_logits = model.reference_logits(ids, attn, p)
-        parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, ids[:, p:], settings.temperature))
-        del ref_logits
+        if with_reference:
+            ref_logits = model.reference_logits(ids, attn, p)
+            parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, ids[:, p:], settings.temperature))
+            del ref_logits
         tokens = token_ids(ids, attn, p, mask[rows], samples.ended_with_eos[rows])
         parts["scores"].append(reward(prompts[rows], samples.responses[rows], tokens).to(ids.device))
     scored = {"logprobs": sampled.logprobs, "entropy": sampled.entropy, **{k: torch.cat(v) for k, v in parts.items()}}
     return Rollout(prompts, samples.responses, sampled.sequences, samples.attention_mask, p, mask,
                    samples.ended_with_eos, logprobs=scored["logprobs"] * mask, entropy=scored["entropy"],
-                   ref_logprobs=scored["ref_logprobs"] * mask, values=scored.get("values"), scores=scored["scores"])
+                   ref_logprobs=scored["ref_logprobs"] * mask if with_reference else None, values=scored.get("values"),
+                   scores=scored["scores"])

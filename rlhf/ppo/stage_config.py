@@ -112,6 +112,9 @@ class PPOStageConfig:
             raise ConfigError("value_model reward_lora starts the value from the reward model: set reward_model_path")
         if self.kl_target is not None and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be positive, got {self.kl_target}")
+        if self.kl_target is not None and self.kl_coef == 0:
+            raise ConfigError("kl_target adapts kl_coef by multiplying it, so kl_coef (its start) must be positive, "
+                              "not 0")
         if min(self.kl_coef, self.clip_range, self.clip_range_value, self.vf_coef, self.learning_rate) < 0:
             raise ConfigError("kl_coef, clip ranges, vf_coef and learning_rate must not be negative")
 
@@ -134,6 +137,12 @@ class PPOStageConfig:
         """The value model trained beside the policy: `value_model` for GAE, None for the critic-free estimators
         (no value adapter, head, pass, loss or checkpoint file). The one place that decides whether there is one."""
         return self.value_model if self.advantage_estimator == "gae" else None
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether training needs the reference's log-probs: not with `kl_coef: 0` (there is no KL term), where the
+        rollouts skip the reference pass. The held-out evaluation always runs it, to report the KL."""
+        return self.kl_coef > 0
 
     def per_process(self, num_processes: int) -> tuple[int, int]:
         """(rollout rows, micro-batch rows) of each process; a process's rows hold whole groups of samples."""

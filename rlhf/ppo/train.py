@@ -67,7 +67,7 @@ class Advantages:
 
     scores: torch.Tensor  # [B] after normalisation, clipping and the missing-EOS penalty
     rewards: torch.Tensor  # [B, R] -kl_coef * KL_t on each token (0 with kl_in_loss), plus the score on the last one
-    kl: torch.Tensor  # [B, R] per-token KL estimate
+    kl: torch.Tensor | None  # [B, R] per-token KL estimate; None without a reference pass (kl_coef 0)
     advantages: torch.Tensor  # [B, R] by advantage_estimator (gae, reinforce_pp: whitened over the batch)
     returns: torch.Tensor | None  # [B, R] value targets; None without a value model
 
@@ -101,8 +101,11 @@ def estimate_advantages(ro: rollout.Rollout, config: PPOStageConfig, kl_coef: fl
         reward_mean=normalization["mean"] if normalization else 0.0,
         reward_std=normalization["std"] if normalization else 1.0,
         normalize=normalization is not None, clip=config.score_clip)
-    penalty = 0.0 if config.kl_in_loss else kl_coef
-    rewards, kl = core.token_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, penalty, config.kl_estimator)
+    if ro.ref_logprobs is None:  # kl_coef 0: no KL term, no reference pass
+        rewards, kl = core.terminal_rewards(scores, ro.mask, ro.logprobs.dtype), None
+    else:
+        penalty = 0.0 if config.kl_in_loss else kl_coef
+        rewards, kl = core.token_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, penalty, config.kl_estimator)
     return Advantages(scores, rewards, kl, *token_advantages(rewards, ro, config))
 
 
@@ -224,7 +227,8 @@ def train_step(ppo: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollou
 
     # Step 2: score them (reference log-probs, values if there is a value model, reward), then give every process
     # the whole batch.
-    ro = rollout.score(ppo.policy, ppo.reward, [ppo.data.prompts[i] for i in mine], samples, ppo.settings)
+    ro = rollout.score(ppo.policy, ppo.reward, [ppo.data.prompts[i] for i in mine], samples, ppo.settings,
+                       with_reference=config.uses_reference)
     scored = time.perf_counter()
     ro = distributed.gather_rollout(ro, accelerator, ppo.tokenizer.pad_token_id)
     for name in ("scores", "logprobs", "ref_logprobs", "values"):
@@ -242,11 +246,12 @@ def train_step(ppo: PPORun, step: int) -> tuple[dict[str, float], rollout.Rollou
 
     # Step 5: the step's metrics; the adaptive KL coefficient follows the KL just measured.
     metrics = {"ppo/score_mean": ro.scores.float().mean().item(), "ppo/reward_mean": learn.rewards.sum(1).mean().item(),
-               "ppo/kl": learn.kl.sum(1).mean().item(),
+               **({"ppo/kl": learn.kl.sum(1).mean().item()} if learn.kl is not None else {}),
                "ppo/entropy": ((ro.entropy * ro.mask).sum() / ro.mask.sum()).item(),
                "ppo/response_length": ro.mask.sum(1).mean().item(),
                "ppo/eos_fraction": ro.ended_with_eos.float().mean().item()}
-    ppo.kl_control.update(metrics["ppo/kl"], config.batch_size)
+    if learn.kl is not None:  # a fixed kl_coef of 0 measures no KL and has nothing to adapt
+        ppo.kl_control.update(metrics["ppo/kl"], config.batch_size)
     metrics.update({"ppo/kl_coef": kl_coef, **{f"ppo/{k}": v for k, v in train_stats.items()},
                     "ppo/lr": ppo.scheduler.get_last_lr()[0], "time/generation_s": sampled - started,
                     "time/scoring_s": scored - sampled, "time/training_s": time.perf_counter() - updating})
@@ -313,7 +318,7 @@ def run(config: PPOStageConfig) -> dict[str, Any]:
         if main_process and step % config.log_completions_steps == 0:
             log_completions(ppo, step, ro, learn.scores)
         progress.update(1)
-        progress.set_postfix(score=f"{metrics['ppo/score_mean']:.3f}", kl=f"{metrics['ppo/kl']:.3f}")
+        progress.set_postfix({k: f"{metrics[f'ppo/{k}']:.3f}" for k in ("score_mean", "kl") if f"ppo/{k}" in metrics})
         if step % config.save_steps == 0 or step == config.max_steps:
             checkpoint.save(ppo.run_dir, step, ppo.model, ppo.optimizer, ppo.scheduler, ppo.state(step),
                             ppo.accelerator)

@@ -22,7 +22,7 @@ def pass_loss(model, part: str, ro: Rollout, rows, advantages, returns, kl_coef:
         pg_loss, stats = core.policy_loss(logprobs, ro.logprobs[rows], advantages[rows], ro.mask[rows],
                                           config.clip_range)
         loss, logged = loss + pg_loss, {**logged, "loss_policy": pg_loss, **stats}
-        if config.kl_in_loss:
+        if config.kl_in_loss and ro.ref_logprobs is not None:
             kl = core.kl_loss(logprobs, ro.ref_logprobs[rows], ro.mask[rows])
             loss, logged = loss + kl_coef * kl, {**logged, "loss_kl": kl}
     if values is not None:
