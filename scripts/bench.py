@@ -611,6 +611,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--heads", type=int, default=None)
+    parser.add_argument("--response-length", type=int, default=None,
+                        help=f"PPO: new tokens per completion (default {Settings.response_length})")
     parser.add_argument("--model", default=None,
                         help="model folder, .gguf file or known name (smollm2-135m-instruct), not the bench model")
     parser.add_argument("--estimator", choices=ESTIMATORS, default="gae",
@@ -637,7 +639,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(hidden=64, layers=2, heads=4, steps=3) if args.tiny else Settings()
     s.value_model, s.model, s.estimator, s.num_samples, s.kl_coef = (args.value_model, args.model, args.estimator,
                                                                      args.num_samples, args.kl_coef)
-    for name in ("hidden", "layers", "heads", "steps"):
+    for name in ("hidden", "layers", "heads", "steps", "response_length"):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
     if s.estimator != "gae" and (s.num_samples < 2 or s.batch_size % s.num_samples):

@@ -122,6 +122,12 @@ def test_critic_free_estimators_take_what_their_trl_anchor_does(bench):
         keys("--estimator", "rloo", "--num-samples", "3")
 
 
+def test_response_length_flag_sets_the_new_tokens_of_both_sides(bench):
+    settings = bench.settings_from(bench.parse_args(["--response-length", "48"]))
+    assert settings.response_length == 48
+    assert bench.settings_from(bench.parse_args([])).response_length == 64
+
+
 @pytest.fixture(scope="module")
 def shared_workdir(tmp_path_factory):
     """One bench model, data set and reward run for the critic-free smoke runs."""

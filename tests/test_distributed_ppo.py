@@ -247,7 +247,7 @@ def fixed_rollout(ppo_runs, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def updates(ppo_runs, fixed_rollout, tmp_path_factory):
     """The same saved rollout updated as 1 process x mini-batch 4, 1 process x 2 micro-batches of 2 (accumulation),
-    and 2 processes x 2 rows (DDP)."""
+    and 2 processes x 2 rows (DDP, ZeRO-2, ZeRO-3 with activation checkpointing)."""
     root = tmp_path_factory.mktemp("updates")
     args = ppo_args(ppo_runs, root / "unused")
     on_reward = ["--reward_model_path", str(ppo_runs["rm_full"]), "--value_model", "reward_lora"]
@@ -255,9 +255,11 @@ def updates(ppo_runs, fixed_rollout, tmp_path_factory):
         "--gradient_accumulation_steps", "2"], "1 process, value on the reward model": on_reward}
     for name, extra in layouts.items():
         update_on_fixed_rollout([*args, *extra], fixed_rollout, root / name)
+    checkpointing = ["--gradient_checkpointing", "true"]  # recomputes the same activations: the same update
     launched = {"2 processes": ("cpu_ddp_2proc", []), "2 processes, ZeRO-2": ("cpu_zero2_2proc", []),
-                "2 processes, ZeRO-3": ("cpu_zero3_2proc", []),
-                "2 processes, ZeRO-3, value on the reward model": ("cpu_zero3_2proc", on_reward)}
+                "2 processes, ZeRO-3, activation checkpointing": ("cpu_zero3_2proc", checkpointing),
+                "2 processes, ZeRO-3, value on the reward model, activation checkpointing": (
+                    "cpu_zero3_2proc", [*on_reward, *checkpointing])}
     for name, (accelerate_config, extra) in launched.items():
         launch(accelerate_config, ["update", str(fixed_rollout), str(root / name), *args, *extra],
                root / f"probe {name}")
@@ -266,8 +268,9 @@ def updates(ppo_runs, fixed_rollout, tmp_path_factory):
 
 @pytest.mark.parametrize("layout, reference", [
     ("1 process, accumulation", "1 process"), ("2 processes", "1 process"), ("2 processes, ZeRO-2", "1 process"),
-    ("2 processes, ZeRO-3", "1 process"),
-    ("2 processes, ZeRO-3, value on the reward model", "1 process, value on the reward model")])
+    ("2 processes, ZeRO-3, activation checkpointing", "1 process"),
+    ("2 processes, ZeRO-3, value on the reward model, activation checkpointing",
+     "1 process, value on the reward model")])
 def test_update_is_the_same_for_any_processes_and_accumulation(updates, layout, reference):
     assert_same_update(updates[layout], updates[reference], 2 if layout.startswith("2 processes") else 1)
 

@@ -133,6 +133,30 @@ def test_policy_and_value_passes_one_after_the_other_give_the_combined_gradients
         torch.testing.assert_close(separate, together)
 
 
+def test_activation_checkpointing_keeps_less_for_the_backward_and_the_same_gradients(ppo_runs):
+    """gradient_checkpointing: the training passes (train mode) save far fewer activation bytes for the backward,
+    and the policy and value gradients are those of the run without it."""
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    kept, grads = {}, {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same fresh adapters
+        model, _, _ = model_set.build(config(ppo_runs, gradient_checkpointing=checkpointing), "cpu")
+        if not checkpointing:
+            ids, attention_mask, prompt_length = sampled(model, tokenizer, ppo_runs)
+        model.train()
+        saved = []
+        for part in model.training_passes():  # as the update runs them: a backward after each pass
+            with model.training_pass(part), torch.autograd.graph.saved_tensors_hooks(
+                    lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+                logits, values = model(ids, attention_mask, prompt_length, part)
+                (logits.float().logsumexp(-1).mean() if part == model_set.POLICY else values.pow(2).mean()).backward()
+        kept[checkpointing] = sum(saved)
+        grads[checkpointing] = [p.grad for p in model.trainable_parameters()]
+    assert kept[True] < kept[False] / 2
+    for with_checkpoints, without in zip(grads[True], grads[False]):
+        torch.testing.assert_close(with_checkpoints, without)
+
+
 def test_value_model_starts_as_the_normalised_reward_model(ppo_runs):
     model, reward, _ = model_set.build(config(ppo_runs, score_stats="reward_data"), "cpu")
     tokenizer = load_tokenizer(str(ppo_runs["sft"]))

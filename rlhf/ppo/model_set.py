@@ -50,6 +50,7 @@ class PolicyValueModel(nn.Module):
         self.value_model = value_model
         self._trainable = [p for name in self.adapters for p in adapter_parameters(self.peft_of(name), name)]
         self._trainable += list(value_head.parameters()) if value_head is not None else []
+        self._active = POLICY
         self._use(POLICY)
 
     @property
@@ -74,10 +75,12 @@ class PolicyValueModel(nn.Module):
         self.peft.base_model.set_adapter(adapter, inference_mode=True)  # freezes every adapter...
         for param in self._trainable:  # ...then the trained ones are trainable again
             param.requires_grad_(True)
+        self._active = adapter
 
     @contextmanager
     def adapter(self, adapter: str | None):
-        """Run with one adapter active (None: all disabled, i.e. the reference), then back to the policy."""
+        """Run with one adapter active (None: all disabled, i.e. the reference), then back to the one before."""
+        before = self._active
         try:
             if adapter is None:
                 with self.peft.disable_adapter():
@@ -86,7 +89,17 @@ class PolicyValueModel(nn.Module):
                 self._use(adapter)
                 yield
         finally:
-            self._use(POLICY)
+            self._use(before)
+
+    @contextmanager
+    def training_pass(self, part: str):
+        """Keep a training pass's adapter active through its backward, where activation checkpointing recomputes
+        the layers (under the policy adapter, the value pass would get the policy's activations)."""
+        if self.peft_of(part) is self.peft:
+            with self.adapter(part):
+                yield
+        else:  # the value adapter on a reward classifier of its own: the only adapter that model trains
+            yield
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self._trainable)
@@ -182,8 +195,9 @@ def lora_config(config, task_type: str = "CAUSAL_LM"):
                       target_modules=config.lora_target_modules, task_type=task_type)
 
 
-def load_base(policy_path: str, dtype: str):
-    """The PPO base: the SFT model with its LoRA merged, frozen, dropout off."""
+def load_base(policy_path: str, dtype: str, gradient_checkpointing: bool = False):
+    """The PPO base: the SFT model with its LoRA merged, frozen, dropout off (and, when asked, recomputing its
+    layers' activations in the backward of the update, the only pass that runs in train mode)."""
     from peft import PeftModel
 
     base = load_causal_lm(policy_path, dtype)
@@ -193,7 +207,15 @@ def load_base(policy_path: str, dtype: str):
     disable_dropout(base)
     base.requires_grad_(False)
     base.generation_config = sampling_defaults(base.generation_config)
+    if gradient_checkpointing:
+        checkpoint_activations(base)
     return base
+
+
+def checkpoint_activations(model) -> None:
+    """transformers' activation checkpointing of each layer, non-reentrant: it needs no input that requires grad
+    (the frozen base's embeddings give none) and recomputes the same values, so the gradients are unchanged."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def sampling_defaults(shipped):
@@ -278,7 +300,7 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
     policy_tokenizer = load_tokenizer(config.policy_path)
 
     policy_source = resolve(config.policy_path)
-    base = load_base(config.policy_path, config.dtype)
+    base = load_base(config.policy_path, config.dtype, config.gradient_checkpointing)
     peft_model = get_peft_model(base, lora_config(config), adapter_name=POLICY)
     peft_model.peft_config[POLICY].base_model_name_or_path = config.policy_path  # final/ resolves to the SFT run
     info: dict[str, Any] = {"reward": f"function {config.reward_fn}"}
@@ -338,6 +360,8 @@ def value_on_reward_model(config, reward: rewards.ModelReward, shared: bool) -> 
     score = {k: v.detach().clone() for k, v in classifier.score.state_dict().items()}
     lora = lora_config(config, task_type=None)
     lora.exclude_modules = ["score"]  # the value reads the body; its own head replaces the classifier's
+    if config.gradient_checkpointing:
+        checkpoint_activations(classifier)
     return get_peft_model(classifier, lora, adapter_name=VALUE), score
 
 

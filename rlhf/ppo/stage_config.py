@@ -71,6 +71,8 @@ class PPOStageConfig:
                                        "eval/win_rate against the starting policy")
     log_completions_steps: int = key(10, "sample completions to completions.jsonl (and W&B) every this many steps")
     dtype: str = key("auto", "auto (bf16 on a GPU that has it, else fp32) | bfloat16 | float16 | float32")
+    gradient_checkpointing: bool = key(False, "recompute each layer's activations in the update's backward: far less "
+                                              "memory for one more forward pass per micro-batch")
 
     def __post_init__(self):
         for name in ("policy_path", "dataset_path"):

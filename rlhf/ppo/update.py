@@ -52,9 +52,10 @@ def ppo_update(model, optimizer, scheduler, accelerator, ro: Rollout, advantages
                 with accelerator.accumulate(model):
                     passes = policy.training_passes()
                     for part in passes:  # a backward after each pass: one pass's activations held at a time
-                        loss, logged = pass_loss(model, part, ro, rows, advantages, returns, kl_coef, config)
-                        core.check_finite("loss", loss, step)
-                        distributed.backward(accelerator, loss * share * copies, last=part == passes[-1])
+                        with policy.training_pass(part):
+                            loss, logged = pass_loss(model, part, ro, rows, advantages, returns, kl_coef, config)
+                            core.check_finite("loss", loss, step)
+                            distributed.backward(accelerator, loss * share * copies, last=part == passes[-1])
                         for name, value in logged.items():
                             sums[name] += value.detach().float() * share
                     if accelerator.sync_gradients:
