@@ -71,6 +71,7 @@ class Settings:
     model: str | None = None  # a real model (folder or known name) instead of the bench model hidden/layers/heads
     estimator: str = "gae"  # PPO's advantage_estimator: gae (value model) | grpo | rloo (critic-free)
     num_samples: int = 4  # grpo, rloo: completions per prompt (num_generations); batch_size counts completions
+    dtype: str = "float32"  # PPO: the weights of every model on both sides (policy base, value, reward)
 
 
 # ---- inputs: model, data, the reward model PPO uses ------------------------------------------------
@@ -387,7 +388,7 @@ def ppo_ours(s: Settings, model: Path, data: dict[str, Path], out: Path, reward_
                   mini_batch_size=s.batch_size // s.mini_batches, ppo_epochs=s.ppo_epochs,
                   learning_rate=s.learning_rate, max_new_tokens=s.response_length, kl_coef=s.kl_coef,
                   lora_r=s.lora_r, lora_alpha=s.lora_alpha, save_steps=s.steps, log_completions_steps=s.steps,
-                  dtype="float32", **estimator_keys(s)))
+                  dtype=s.dtype, **estimator_keys(s)))
     steps = runs.MetricsFile(out).read()
     return ppo_result([{name: row[f"time/{name}_s"] for name in ("generation", "scoring", "training")}
                        for row in steps], s.batch_size)
@@ -489,12 +490,12 @@ def anchor_versions(python: Path) -> dict[str, str]:
     return json.loads(subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True).stdout)
 
 
-def model_size(model: Path) -> tuple[int, int]:
-    """(parameters, bytes of the weights in float32, the dtype every side runs in) of the model's architecture."""
+def model_size(model: Path, dtype: str = "float32") -> tuple[int, int]:
+    """(parameters, bytes of the weights) of the model's architecture in `dtype`, the one every side runs in."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=torch.float32)
+    built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=getattr(torch, dtype))
     return built.num_parameters(), sum(p.numel() * p.element_size() for p in built.parameters())
 
 
@@ -520,7 +521,7 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
                 inputs["anchor_python"] = anchor_python()
             report["machine"]["anchor_versions"] = (anchor_versions(inputs["anchor_python"]) if s.estimator == "gae"
                                                     else report["machine"]["versions"])
-    params, weight_bytes = model_size(model)
+    params, weight_bytes = model_size(model, s.dtype)
     sides = ["ours"] if skip_anchor else ["ours", "anchor"]
     raw: dict[str, dict[str, list[dict]]] = {stage: {side: [] for side in sides} for stage in stages}
     flops, bandwidths = [], []
@@ -576,7 +577,8 @@ def ppo_description(report: dict[str, Any]) -> str:
     s = report["settings"]
     estimator = (f"gae, our value model {s['value_model']}" if s["estimator"] == "gae"
                  else f"{s['estimator']}, {s['num_samples']} completions per prompt")
-    return (f"; PPO estimator {estimator}, KL coefficient (beta) {s['kl_coef']:g}; fp32 weights "
+    dtype = {"float32": "fp32", "bfloat16": "bf16"}[s.get("dtype", "float32")]
+    return (f"; PPO estimator {estimator}, KL coefficient (beta) {s['kl_coef']:g}; {dtype} weights "
             f"{report['weight_bytes'] / 1e6:.1f} MB, memory copy {rate(report['memory_bandwidth'], 'B/s')}")
 
 
@@ -623,6 +625,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="PPO's kl_coef, TRL's beta; 0: no KL term")
     parser.add_argument("--value-model", choices=("lora_head", "policy_head"), default="lora_head",
                         help="gae: our PPO's value model (the anchor always trains a separate full one)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=Settings.dtype,
+                        help="PPO: weights of every model on both sides (bfloat16: for CPUs with AMX or a GPU)")
     parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc",
                         help="malloc both sides run with (jemalloc/tcmalloc: preloaded from the system's libraries)")
     parser.add_argument("--threads", type=int, default=None,
@@ -637,8 +641,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(hidden=64, layers=2, heads=4, steps=3) if args.tiny else Settings()
-    s.value_model, s.model, s.estimator, s.num_samples, s.kl_coef = (args.value_model, args.model, args.estimator,
-                                                                     args.num_samples, args.kl_coef)
+    s.value_model, s.model, s.estimator, s.num_samples, s.kl_coef, s.dtype = (
+        args.value_model, args.model, args.estimator, args.num_samples, args.kl_coef, args.dtype)
     for name in ("hidden", "layers", "heads", "steps", "response_length"):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))

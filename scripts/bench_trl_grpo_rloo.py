@@ -41,14 +41,14 @@ def config_args(s: Settings, out: str) -> dict:
         num_iterations=s.ppo_epochs, num_generations=s.num_samples, max_steps=s.steps * s.mini_batches * s.ppo_epochs,
         max_completion_length=s.response_length, temperature=1.0, top_k=0, top_p=1.0, beta=s.kl_coef,
         learning_rate=s.learning_rate, lr_scheduler_type="constant", warmup_steps=0, use_cpu=True, use_vllm=False,
-        bf16=False, gradient_checkpointing=False, disable_dropout=True, save_strategy="no", report_to="none",
+        model_init_kwargs={"dtype": s.dtype}, bf16=False, gradient_checkpointing=False, disable_dropout=True, save_strategy="no", report_to="none",
         logging_steps=s.steps, disable_tqdm=True, seed=s.seed)
 
 
 def run(spec: dict) -> dict:
     """One measured run of TRL's trainer for the spec's estimator: completions/s and the seconds of each phase."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
 
     s, model = Settings(**spec["settings"]), spec["model"]
     trainer_class, config_class = trainer_classes(s.estimator)
@@ -58,7 +58,7 @@ def run(spec: dict) -> dict:
     prompts = [{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows]
     set_seed(s.seed)
     trainer = trainer_class(
-        model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32), reward_funcs=spec["reward_model"],
+        model=model, reward_funcs=spec["reward_model"],  # both loaded by TRL with config_args' model_init_kwargs
         args=config_class(**config_args(s, spec["out"])), train_dataset=Dataset.from_list(prompts),
         processing_class=AutoTokenizer.from_pretrained(model, padding_side="left"), peft_config=lora(s, "CAUSAL_LM"),
         callbacks=[step_callback(timer, every=s.mini_batches * s.ppo_epochs)])

@@ -80,6 +80,7 @@ def run(spec: dict) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     s, model = spec["settings"], spec["model"]
+    dtype = getattr(torch, s["dtype"])
     timer = PhaseTimer()
     ppo_module.batch_generation = timer.wrap(ppo_module.batch_generation, "generation")
     ppo_module.forward = timer.wrap(ppo_module.forward, "scoring", only_without_grad=True)
@@ -96,9 +97,10 @@ def run(spec: dict) -> dict:
         save_strategy="no", report_to="none", bf16=False, gradient_checkpointing=False, seed=s["seed"],
         logging_steps=s["steps"], disable_tqdm=True)
     trainer = PPOTrainer(
-        args=args, processing_class=tokenizer, model=AutoModelForCausalLM.from_pretrained(model), ref_model=None,
-        reward_model=AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1),
-        value_model=AutoModelForSequenceClassification.from_pretrained(model, num_labels=1),
+        args=args, processing_class=tokenizer, model=AutoModelForCausalLM.from_pretrained(model, dtype=dtype),
+        ref_model=None, reward_model=AutoModelForSequenceClassification.from_pretrained(spec["reward_model"],
+                                                                                         num_labels=1, dtype=dtype),
+        value_model=AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype=dtype),
         train_dataset=dataset, eval_dataset=dataset,
         peft_config=LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=0.0,
                                target_modules="all-linear", task_type="CAUSAL_LM"),

@@ -128,6 +128,13 @@ def test_response_length_flag_sets_the_new_tokens_of_both_sides(bench):
     assert bench.settings_from(bench.parse_args([])).response_length == 64
 
 
+def test_dtype_flag_sets_the_weights_of_both_sides(bench):
+    assert bench.settings_from(bench.parse_args([])).dtype == "float32"
+    assert bench.settings_from(bench.parse_args(["--dtype", "bfloat16"])).dtype == "bfloat16"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--dtype", "fp8"])
+
+
 @pytest.fixture(scope="module")
 def shared_workdir(tmp_path_factory):
     """One bench model, data set and reward run for the critic-free smoke runs."""
@@ -135,17 +142,18 @@ def shared_workdir(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator, kl_coef", [("grpo", "0.05"), ("rloo", "0")])
-def test_tiny_critic_free_benchmark_against_trl(estimator, kl_coef, shared_workdir, tmp_path):
+@pytest.mark.parametrize("estimator, kl_coef, dtype", [("grpo", "0.05", "float32"), ("rloo", "0", "bfloat16")])
+def test_tiny_critic_free_benchmark_against_trl(estimator, kl_coef, dtype, shared_workdir, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--only", "ppo", "--estimator", estimator,
-                           "--kl-coef", kl_coef, "--steps", "1", "--reps", "1", "--threads", "1",
+                           "--kl-coef", kl_coef, "--dtype", dtype, "--steps", "1", "--reps", "1", "--threads", "1",
                            "--workdir", str(shared_workdir), "--out", str(out)],
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     assert (report["settings"]["estimator"], report["settings"]["kl_coef"]) == (estimator, float(kl_coef))
-    assert report["memory_bandwidth"]["median"] > 0 and report["weight_bytes"] == 4 * report["model_parameters"]
+    assert report["settings"]["dtype"] == dtype and report["memory_bandwidth"]["median"] > 0
+    assert report["weight_bytes"] == {"float32": 4, "bfloat16": 2}[dtype] * report["model_parameters"]
     part = report["ppo"]
     assert set(part["ratios"]) == {"completions_per_s", "peak_rss_mb", "generation_s", "scoring_s", "training_s",
                                    "wall_s"}
@@ -156,3 +164,4 @@ def test_tiny_critic_free_benchmark_against_trl(estimator, kl_coef, shared_workd
         (run,) = part["runs"][side]
         assert run["measured_steps"] == 1
     assert f"PPO estimator {estimator}" in proc.stdout and "| ppo | completions/s |" in proc.stdout
+    assert {"float32": "fp32 weights", "bfloat16": "bf16 weights"}[dtype] in proc.stdout

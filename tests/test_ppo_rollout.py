@@ -140,6 +140,21 @@ def test_scoring_without_values_skips_only_the_value_pass(ppo_runs, dtype, monke
         torch.testing.assert_close(getattr(bare, name), getattr(full, name))
 
 
+def test_in_bfloat16_a_separate_reward_model_runs_in_bfloat16_and_scores_in_float32(ppo_runs):
+    """`dtype` covers the reward model of its own too (half its memory), and its scores come back as float32."""
+    from contextlib import nullcontext
+
+    model, reward = ppo_model(ppo_runs, dtype="bfloat16", reward_model_path=str(ppo_runs["rm_full"]))
+    assert {p.dtype for m in reward.modules for p in m.parameters()} == {torch.bfloat16}
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]), padding_side="left")
+    data = rollout.read_prompts(str(ppo_runs["prompts"]), tokenizer, 512)
+    settings = rollout.Settings(8, 1.0, 1.0, scoring_rows=4)
+    torch.manual_seed(0)
+    samples = rollout.sample(model, tokenizer, data.texts[:4], settings, "cpu", nullcontext())
+    ro = rollout.score(model, reward, data.prompts[:4], samples, settings)
+    assert ro.scores.dtype == torch.float32 and torch.isfinite(ro.scores).all()
+
+
 def rollout_and_forward(ppo_runs, value_model: str, dtype: str):
     """(rollout of 8 prompts, what sampling recorded, the policy's logits and values of a fresh forward pass)."""
     from contextlib import nullcontext
@@ -164,7 +179,7 @@ def test_below_float32_the_old_logprobs_and_values_are_a_forward_pass(ppo_runs, 
 
     ro, sampled, logits, values = rollout_and_forward(ppo_runs, value_model, "bfloat16")
     assert sampled.hidden is None  # the hidden states are not kept when the values come from the forward
-    assert not torch.equal(ro.logprobs, sampled.logprobs * ro.mask)  # what sampling recorded is off
+    assert sampled.logprobs is None and sampled.entropy is None  # nor recorded: they would be off
     torch.testing.assert_close(ro.logprobs, core.logprobs_from_logits(logits, ro.response_ids, 0.7) * ro.mask,
                                atol=0, rtol=0)
     torch.testing.assert_close(ro.entropy, core.entropy_from_logits(logits, 0.7), atol=0, rtol=0)

@@ -107,12 +107,15 @@ class PolicyValueModel(nn.Module):
     def logits(self, adapter: str | None, input_ids, attention_mask, prompt_length: int, with_hidden: bool = False):
         """(logits [B, R, V] at the R positions that predict the response, their final hidden states or None).
 
-        The causal LM's own forward computes the logits (with any model-specific scaling), as in generation."""
+        The causal LM's own forward computes the logits (with any model-specific scaling), as in generation. The
+        kept positions go as an index tensor, not a count: indexing copies the hidden states into one contiguous
+        [B, R + 1, H] block, whereas the slice a count gives makes the LM head a batched matmul that copies its
+        weight once per row (in bf16 on the CPU a whole scoring pass's time)."""
+        kept = torch.arange(prompt_length - 1, input_ids.shape[1], device=input_ids.device)
         with self.adapter(adapter):
             out = self.causal_lm(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=position_ids(attention_mask), use_cache=False,
-                                 logits_to_keep=input_ids.shape[1] - prompt_length + 1,
-                                 output_hidden_states=with_hidden)
+                                 logits_to_keep=kept, output_hidden_states=with_hidden)
         hidden = out.hidden_states[-1][:, prompt_length - 1:-1] if with_hidden else None
         return out.logits[:, :-1], hidden
 
@@ -325,7 +328,7 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
         reward = rewards.shared_reward(lambda ids, mask: model.hidden_states(REWARD, ids, mask), peft_model,
                                        config.reward_model_path, shared.score, stats, device, policy_tokenizer)
     else:
-        reward = rewards.separate_reward(config.reward_model_path, stats, device, policy_tokenizer)
+        reward = rewards.separate_reward(config.reward_model_path, stats, device, policy_tokenizer, config.dtype)
     reward_peft, head = None, None
     score = shared.score if shared and value_model else None  # what the value head starts as
     if value_model == "reward_lora":

@@ -203,9 +203,10 @@ def shared_reward(hidden_states: Callable[[torch.Tensor, torch.Tensor], torch.Te
     return ModelReward(tokenizer, scores_of, stats, device, [base, head], template_tail(tokenizer, policy_tokenizer))
 
 
-def separate_reward(reward_path: str, stats: dict[str, float] | None, device, policy_tokenizer) -> ModelReward:
-    """A frozen reward model of its own (its base differs from the PPO base)."""
-    classifier, tokenizer = load_reward_model(reward_path)
+def separate_reward(reward_path: str, stats: dict[str, float] | None, device, policy_tokenizer,
+                    dtype: str = "auto") -> ModelReward:
+    """A frozen reward model of its own (its base differs from the PPO base), in the PPO stage's `dtype`."""
+    classifier, tokenizer = load_reward_model(reward_path, dtype)
     tokenizer.padding_side = "left"
     disable_dropout(classifier)
     classifier.requires_grad_(False)
@@ -213,7 +214,7 @@ def separate_reward(reward_path: str, stats: dict[str, float] | None, device, po
 
     def scores_of(input_ids, attention_mask):
         with adapters_off(classifier):
-            return classifier_scores(classifier, input_ids, attention_mask)
+            return classifier_scores(classifier, input_ids, attention_mask).float()
 
     return ModelReward(tokenizer, scores_of, stats, device, [classifier], template_tail(tokenizer, policy_tokenizer))
 

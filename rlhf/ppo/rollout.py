@@ -72,8 +72,8 @@ class Sampled:
     log-probs and entropy at every response position (and the final hidden states there, when asked)."""
 
     sequences: torch.Tensor  # [B, P + R]
-    logprobs: torch.Tensor  # [B, R] of each sampled token under softmax(logits / temperature)
-    entropy: torch.Tensor  # [B, R]
+    logprobs: torch.Tensor | None  # [B, R] of each sampled token under softmax(logits / temperature); None unrecorded
+    entropy: torch.Tensor | None  # [B, R]; None unrecorded
     hidden: torch.Tensor | None  # [B, R, H] final hidden states at the positions that predict each response token
 
 
@@ -126,15 +126,17 @@ def final_hidden_states(body, keep: bool):
 
 
 def generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int, temperature: float, top_p: float,
-             keep_hidden: bool = False, top_k: int = 0) -> Sampled:
-    """Sampled continuations (KV cache, stop at EOS) from the policy, with their log-probs recorded on the way.
+             keep_hidden: bool = False, top_k: int = 0, record: bool = True) -> Sampled:
+    """Sampled continuations (KV cache, stop at EOS) from the policy, with their log-probs recorded on the way
+    (unless not `record`: below float32 scoring recomputes them, and a log-softmax over the vocabulary at every
+    step would be wasted).
 
     `generate_ids` puts the recorder before the temperature, top-k and top-p warpers, so it sees the raw logits."""
-    record = SamplingRecord(temperature)
+    recorder = [SamplingRecord(temperature)] if record else []
     with final_hidden_states(model.body, keep_hidden) as hidden:
         sequences = generate_ids(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k,
-                                 tokenizer.eos_token_id, tokenizer.pad_token_id, extra_processors=[record])
-    logprobs, entropy = record.result(sequences)
+                                 tokenizer.eos_token_id, tokenizer.pad_token_id, extra_processors=recorder)
+    logprobs, entropy = recorder[0].result(sequences) if record else (None, None)
     return Sampled(sequences, logprobs, entropy, torch.stack(hidden, 1) if keep_hidden else None)
 
 
@@ -188,10 +190,11 @@ def sample(model, tokenizer, texts: list[str], settings: Settings, device,
            generation_weights: AbstractContextManager) -> Samples:
     """Responses to prompt `texts` (sampled inside `generation_weights`), with their masks and decoded texts."""
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    recorded = records_match_forward(model)
     with generation_weights:
         sampled = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens,
                            settings.temperature, settings.top_p, top_k=settings.top_k,
-                           keep_hidden=model.value_model == "policy_head" and records_match_forward(model))
+                           keep_hidden=model.value_model == "policy_head" and recorded, record=recorded)
     prompt_length = batch["input_ids"].shape[1]
     mask, ended = response_mask(sampled.sequences[:, prompt_length:], tokenizer.eos_token_id)
     responses = decode_responses(tokenizer, sampled.sequences[:, prompt_length:], mask)  # .tolist() waits
