@@ -120,21 +120,26 @@ def test_what_sampling_records_equals_a_forward_pass(ppo_runs, value_model):
         assert sampled.hidden is None
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_scoring_without_values_skips_only_the_value_pass(ppo_runs, dtype, monkeypatch):
+def four_samples(ppo_runs, model):
+    """(prompts, samples, settings): 8 new tokens for the first 4 prompts, scored 4 rows at a time."""
     from contextlib import nullcontext
 
-    model, reward = ppo_model(ppo_runs, dtype=dtype)
     tokenizer = load_tokenizer(str(ppo_runs["sft"]), padding_side="left")
     data = rollout.read_prompts(str(ppo_runs["prompts"]), tokenizer, 512)
     settings = rollout.Settings(8, 1.0, 1.0, scoring_rows=4)
     torch.manual_seed(0)
-    samples = rollout.sample(model, tokenizer, data.texts[:4], settings, "cpu", nullcontext())
-    full = rollout.score(model, reward, data.prompts[:4], samples, settings)
+    return data.prompts[:4], rollout.sample(model, tokenizer, data.texts[:4], settings, "cpu", nullcontext()), settings
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_scoring_without_values_skips_only_the_value_pass(ppo_runs, dtype, monkeypatch):
+    model, reward = ppo_model(ppo_runs, dtype=dtype)
+    prompts, samples, settings = four_samples(ppo_runs, model)
+    full = rollout.score(model, reward, prompts, samples, settings)
     value_passes = []
     value_states = model.value_states
     monkeypatch.setattr(model, "value_states", lambda *a: value_passes.append(1) or value_states(*a))
-    bare = rollout.score(model, reward, data.prompts[:4], samples, settings, with_values=False)
+    bare = rollout.score(model, reward, prompts, samples, settings, with_values=False)
     assert full.values is not None and bare.values is None and not value_passes
     for name in ("logprobs", "ref_logprobs", "scores"):
         torch.testing.assert_close(getattr(bare, name), getattr(full, name))
@@ -142,16 +147,10 @@ def test_scoring_without_values_skips_only_the_value_pass(ppo_runs, dtype, monke
 
 def test_in_bfloat16_a_separate_reward_model_runs_in_bfloat16_and_scores_in_float32(ppo_runs):
     """`dtype` covers the reward model of its own too (half its memory), and its scores come back as float32."""
-    from contextlib import nullcontext
-
     model, reward = ppo_model(ppo_runs, dtype="bfloat16", reward_model_path=str(ppo_runs["rm_full"]))
     assert {p.dtype for m in reward.modules for p in m.parameters()} == {torch.bfloat16}
-    tokenizer = load_tokenizer(str(ppo_runs["sft"]), padding_side="left")
-    data = rollout.read_prompts(str(ppo_runs["prompts"]), tokenizer, 512)
-    settings = rollout.Settings(8, 1.0, 1.0, scoring_rows=4)
-    torch.manual_seed(0)
-    samples = rollout.sample(model, tokenizer, data.texts[:4], settings, "cpu", nullcontext())
-    ro = rollout.score(model, reward, data.prompts[:4], samples, settings)
+    prompts, samples, settings = four_samples(ppo_runs, model)
+    ro = rollout.score(model, reward, prompts, samples, settings)
     assert ro.scores.dtype == torch.float32 and torch.isfinite(ro.scores).all()
 
 
