@@ -2,6 +2,7 @@
 
     python scripts/bench.py [--only sft,reward,ppo] [--reps 3] [--steps 16] [--skip-anchor] [--tiny] [--out bench.json]
                             [--model PATH_OR_NAME] [--estimator gae|grpo|rloo] [--num-samples 4] [--kl-coef 0.05]
+                            [--response-length 64] [--dtype float32|bfloat16]
 
 Anchors: SFT and reward = TRL's SFTTrainer / RewardTrainer (the TRL this project runs on) with the same model,
 data, batch, max_length, LoRA and steps; PPO (`--estimator gae`) = TRL 1.12's `trl.experimental.ppo.PPOTrainer`
