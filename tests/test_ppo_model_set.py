@@ -78,6 +78,24 @@ def test_reference_is_the_sft_model_and_the_policy_starts_there(ppo_runs):
                                   expected, atol=1e-3)
 
 
+def test_the_lm_head_reads_one_contiguous_block_of_the_kept_positions(ppo_runs):
+    """A strided slice of the hidden states would make the LM head a batched matmul that copies its weight once
+    per row (the whole time of a bf16 scoring pass on the CPU)."""
+    model, _, _ = model_set.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len"), "cpu")
+    ids, attention_mask, prompt_length = sampled(model, load_tokenizer(str(ppo_runs["sft"])), ppo_runs)
+    seen = []
+    hook = model.causal_lm.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append((args[0].shape, args[0].is_contiguous())))
+    try:
+        with torch.no_grad():
+            model.reference_logits(ids, attention_mask, prompt_length)
+            model(ids, attention_mask, prompt_length, part="policy")
+    finally:
+        hook.remove()
+    response_positions = ids.shape[1] - prompt_length + 1
+    assert seen == [((ids.shape[0], response_positions, model.config.hidden_size), True)] * 2
+
+
 @pytest.mark.parametrize("reward_run", ["rm", "rm_base"])
 def test_reward_scores_equal_the_reward_model(ppo_runs, reward_run):
     model, reward, info = model_set.build(config(ppo_runs, reward_model_path=str(ppo_runs[reward_run])), "cpu")
