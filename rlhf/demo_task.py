@@ -15,11 +15,16 @@ from rlhf.task_files import prefer, run_script, split_files, task_files_main
 # correct answers, one that uses the requester's name (in the opener or the closer) is better; a wrong answer (wrong
 # colour or thing, an adjective that does not fit, someone else's name, anything outside the grammar) is worst.
 # Every opener or closer with the name has a counterpart of the same shape without it ("Sure! ..." / "Sure, Anna!
-# ..."), so length is not what the annotator rewards. A quarter of the demonstrations use the name, so a fine-tuned
+# ..."), so length is not what the annotator rewards. 15 % of the demonstrations use the name, so a fine-tuned
 # policy does so about as often and PPO has room to improve.
+# Using the name means copying a token from the prompt, which a tiny model trained on the demonstrations alone learns
+# on some seeds and not on others (it writes someone else's name). SFT therefore also gets name questions ("I am
+# Anna. Who am I?" / "You are Anna."): they teach the copy without making named answers to requests more common.
+# Name questions are not in the request language: the gold score of any answer to them is 0, and no prompt set
+# holds them.
 
 SEED = 0
-NAME_RATE = 0.25  # share of demonstrations that address the requester by name
+NAME_RATE = 0.15  # share of demonstrations that address the requester by name
 NAMES = ("Anna", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ida", "Jon", "Kim", "Leo",
          "Mia", "Nora", "Omar", "Paul", "Rosa", "Sam", "Tina", "Uma", "Vera", "Will", "Yara", "Zoe")
 COLORS = ("red", "blue", "green", "yellow", "white", "black")
@@ -39,6 +44,9 @@ OPENERS = ("", "Sure! ", "Okay. ", "Hello! ")
 NAME_OPENERS = ("Sure, {name}! ", "Okay, {name}. ", "Hello {name}! ")
 CLOSERS = ("", " Hope this helps.", " Have fun!", " Thanks for asking.")
 NAME_CLOSERS = (" Hope this helps, {name}.", " Have fun, {name}!", " Thanks for asking, {name}.")
+NAME_QUESTIONS = {"What is my name?": "Your name is {name}.", "Who am I?": "You are {name}.",
+                  "Say my name.": "Hello {name}!"}  # question -> answer, asked after "I am <name>. "
+NAME_QUESTION_ROWS = 1200  # SFT rows that are name questions (docs/demo.md: wrong names without them)
 SPLITS = {"sft": 1200, "label_prompts": 400, "ppo_prompts": 400, "eval_prompts": 200}  # prompts per split
 _PROMPT = re.compile(r"I am (\w+)\. (?:Describe|Tell me about) a (\w+) (\w+)\.")
 _NAME = re.compile(r"\b(?:" + "|".join(NAMES) + r")\b")
@@ -79,6 +87,16 @@ def demonstration(request: dict[str, str], rng: random.Random) -> str:
         else:
             closer = rng.choice(NAME_CLOSERS)
     return opener.format(name=request["name"]) + core + closer.format(name=request["name"])
+
+
+def name_questions(count: int, rng: random.Random) -> list[dict]:
+    """SFT chats that ask for the requester's name, so that the tiny model learns to copy it from the prompt."""
+    rows = []
+    for _ in range(count):
+        name, question = rng.choice(NAMES), rng.choice(sorted(NAME_QUESTIONS))
+        rows.append({"messages": [{"role": "user", "content": f"I am {name}. {question}"},
+                                  {"role": "assistant", "content": NAME_QUESTIONS[question].format(name=name)}]})
+    return rows
 
 
 # ---- the gold preference -------------------------------------------------------------------------
@@ -126,11 +144,14 @@ def judge(prompt: Any, response_a: str, response_b: str) -> str:
 # ---- the shipped files ---------------------------------------------------------------------------
 
 def demo_files(seed: int = SEED) -> dict[str, list[dict] | str]:
-    """The demo's data: SFT chats, three disjoint prompt sets, and tokenizer text (file name -> content)."""
+    """The demo's data: SFT chats (demonstrations and name questions, shuffled), three disjoint prompt sets, and
+    tokenizer text (file name -> content)."""
     rng = random.Random(seed)
     prompts = all_prompts()
     rng.shuffle(prompts)
     files = split_files(prompts, SPLITS, str, lambda p: demonstration(parse_prompt(p), rng))
+    files["sft.jsonl"] += name_questions(NAME_QUESTION_ROWS, rng)
+    rng.shuffle(files["sft.jsonl"])
     files["corpus.txt"] = tokenizer_text(files["sft.jsonl"])
     return files
 

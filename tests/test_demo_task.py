@@ -62,3 +62,20 @@ def test_demonstrations_are_correct_and_name_the_requester_at_the_set_rate():
     assert min(scores) == 0.5
     named = sum(s == 1.0 for s in scores) / len(scores)
     assert abs(named - demo_task.NAME_RATE) < 0.05
+
+
+def test_name_questions_teach_the_copy_and_are_outside_the_request_language():
+    files = demo_task.demo_files(0)
+    chats = [[m["content"] for m in row["messages"]] for row in files["sft.jsonl"]]
+    questions = [(q, a) for q, a in chats if demo_task.parse_prompt(q) is None]
+    assert len(questions) == demo_task.NAME_QUESTION_ROWS
+    assert len(chats) == demo_task.SPLITS["sft"] + demo_task.NAME_QUESTION_ROWS
+    assert chats.index(list(questions[0])) < demo_task.SPLITS["sft"]  # shuffled in, not appended
+    for question, answer in questions:
+        name = question.split(".")[0].removeprefix("I am ")
+        assert answer == demo_task.NAME_QUESTIONS[question.split(". ", 1)[1]].format(name=name)
+        assert demo_task.gold_score(question, answer) == 0.0
+    assert {name for q, _ in questions for name in demo_task.NAMES if f"I am {name}." in q} == set(demo_task.NAMES)
+    prompts = {row["prompt"] for split in ("label_prompts", "ppo_prompts", "eval_prompts")
+               for row in files[f"{split}.jsonl"]}
+    assert not prompts & {q for q, _ in questions}
