@@ -95,12 +95,15 @@ def only_generation_config(model, config):
 def generate_ids(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
                  eos_token_id: int, pad_token_id: int, extra_processors=()):
     """Sequences [B, P + R] continuing the prompts (greedy when temperature is 0), with exactly the configured
-    warpers, after `extra_processors` (which thus see the raw logits), and nothing from the model's own config."""
+    warpers, after `extra_processors` (which thus see the raw logits), and nothing from the model's own config.
+    On a CPU the large linear layers decode with prepacked weights, LoRA adapters merged in (rlhf.packed_weights)."""
     from transformers import LogitsProcessorList
+
+    from rlhf.packed_weights import packed_linears
 
     config = generation_config(max_new_tokens, temperature == 0, eos_token_id, pad_token_id)
     processors = LogitsProcessorList([*extra_processors, *warpers(temperature, top_p, top_k)])
-    with only_generation_config(model, config):
+    with only_generation_config(model, config), packed_linears(model, rows=prompt_ids.shape[0]):
         return model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
                               logits_processor=processors)
 

@@ -90,13 +90,17 @@ def test_sampling_follows_the_policy_distribution_whatever_the_model_ships(ppo_r
             assert (kept.sum(1) <= top_k).all()
 
 
-@pytest.mark.parametrize("value_model", ["lora_head", "policy_head"])
-def test_what_sampling_records_equals_a_forward_pass(ppo_runs, value_model):
+@pytest.mark.parametrize("value_model,packed", [("lora_head", False), ("policy_head", False), ("policy_head", True)])
+def test_what_sampling_records_equals_a_forward_pass(ppo_runs, value_model, packed, monkeypatch):
     """Log-probs and entropy (and, for policy_head, the hidden states the values are read from) recorded while
-    sampling equal those of one forward pass over the finished sequences."""
+    sampling equal those of one forward pass over the finished sequences, also when sampling decodes with packed
+    weights (every layer packed here; a tiny model's are below the size that is packed by default)."""
+    from rlhf import packed_weights
     from rlhf.ppo import core
     from rlhf.ppo.model_set import POLICY
 
+    if packed:
+        monkeypatch.setattr(packed_weights, "MIN_PACKED_ELEMENTS", 0)
     model, _ = ppo_model(ppo_runs, value_model=value_model)
     tokenizer = load_tokenizer(str(ppo_runs["sft"]), padding_side="left")
     texts = rollout.read_prompts(str(ppo_runs["prompts"]), tokenizer, 512).texts[-4:]
