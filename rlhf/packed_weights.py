@@ -19,13 +19,6 @@ from torch import nn
 MIN_PACKED_ELEMENTS = 1 << 18
 
 
-def available(model: nn.Module) -> bool:
-    """Whether packing applies: float32 weights on a CPU with oneDNN."""
-    weight = next(model.parameters(), None)
-    return (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and torch.backends.mkldnn.is_available())
-
-
 def lora_is_plain_sum(layer) -> bool:
     """Whether a peft LoRA linear layer computes base + the sum of its active adapters' deltas, whichever adapters
     are active when it runs: no adapter is a variant (DoRA, ...) or has dropout that is live in training mode."""
@@ -59,8 +52,8 @@ class PackedLinear:
 
 def packable(module: nn.Module, rows: int) -> PackedLinear | None:
     """The packed `forward` for a linear layer or a plain peft LoRA linear layer, tuned for `rows`; None for
-    any other module, for layers too small to gain, and for weights not whole here (a ZeRO-3 slice outside its
-    gathering)."""
+    any other module, for weights that are not float32 on the CPU, for layers too small to gain, and for weights
+    not whole here (a ZeRO-3 slice outside its gathering)."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     if isinstance(module, LoraLinear) and type(module.get_base_layer()) is nn.Linear:
@@ -71,8 +64,9 @@ def packable(module: nn.Module, rows: int) -> PackedLinear | None:
         base, weight = module, (lambda: module.weight)
     else:
         return None
-    shape = tuple(base.weight.shape)
-    if shape != (base.out_features, base.in_features) or base.weight.numel() < MIN_PACKED_ELEMENTS:
+    w = base.weight
+    if (w.device.type != "cpu" or w.dtype != torch.float32 or tuple(w.shape) != (base.out_features, base.in_features)
+            or w.numel() < MIN_PACKED_ELEMENTS):
         return None
     return PackedLinear(weight, base.bias, rows)
 
@@ -81,9 +75,9 @@ def packable(module: nn.Module, rows: int) -> PackedLinear | None:
 def packed_linears(model: nn.Module, rows: int):
     """Inside the block, every large enough linear layer of `model` (a LoRA layer with its active adapters merged)
     multiplies with a prepacked copy of its weights, tuned for `rows` rows a step, without autograd (decoding
-    needs none). Packs nothing where `available` is false; the copies are dropped on exit."""
+    needs none). Packs nothing on a GPU, in bf16 or without oneDNN; the copies are dropped on exit."""
     patched: list[nn.Module] = []
-    if available(model):
+    if torch.backends.mkldnn.is_available():
         from peft.tuners.lora.layer import LoraLayer
 
         inside_lora: set[int] = set()  # the layers a LoRA layer calls: packed (merged) with it, or left as they are
