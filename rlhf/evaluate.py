@@ -3,6 +3,7 @@
 Reward-model score, KL to the reference, length, distinct-1/2, the share of responses re-tokenization changes, and
 with a gold judge the gold score and win rate."""
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,8 +121,8 @@ def sample_policy(path: str, prompts: list, sampling: Sampling, reference: str |
 def reward_scores(reward: ModelReward, side: dict[str, Any], batch_size: int) -> list[float]:
     """The reward model's scores of one side's samples, `batch_size` at a time, read as PPO's reward reads a
     rollout: the sampled ids when the reward's tokenizer and template match the side's, else the decoded text."""
-    reward = ModelReward(reward.tokenizer, reward.scores_of, reward.stats, reward.device, reward.modules,
-                         template_tail(reward.tokenizer, side["tokenizer"]))
+    reward = copy.copy(reward)
+    reward.tail = template_tail(reward.tokenizer, side["tokenizer"])
     rows = [slice(start, start + batch_size) for start in range(0, len(side["responses"]), batch_size)]
     return [s for r in rows for s in reward(side["prompts"][r], side["responses"][r], side["token_ids"][r]).tolist()]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +153,14 @@ def disable_dropout(model) -> None:
 
 def _is_dropout_rate(name: str) -> bool:
     return name.endswith(("dropout", "_pdrop", "dropout_rate", "dropout_prob")) and not name.startswith("_")
+
+
+@contextmanager
+def final_states(body):
+    """A list that receives the `last_hidden_state` output of `body` (a transformer body) at each forward inside."""
+    kept: list = []
+    handle = body.register_forward_hook(lambda module, args, output: kept.append(output.last_hidden_state))
+    try:
+        yield kept
+    finally:
+        handle.remove()

@@ -68,7 +68,7 @@ class Settings:
     learning_rate: float = 1e-4
     kl_coef: float = 0.05  # PPO's kl_coef, TRL's beta (0: no KL term)
     seed: int = 0
-    value_model: str = "lora_head"  # ours only, gae only: the anchor always trains a separate full value model
+    value_model: str | None = None  # ours only, gae only (None: the stage's default); the anchor trains a full one
     model: str | None = None  # a real model (folder or known name) instead of the bench model hidden/layers/heads
     estimator: str = "gae"  # PPO's advantage_estimator: gae (value model) | grpo | rloo (critic-free)
     num_samples: int = 4  # grpo, rloo: completions per prompt (num_generations); batch_size counts completions
@@ -400,7 +400,7 @@ def estimator_keys(s: Settings) -> dict[str, Any]:
     reward-model scores in groups of `num_samples`, with the KL where TRL puts it (GRPO: a k3 term in the loss; RLOO:
     the k1 log-ratio summed into the reward, our default estimator)."""
     if s.estimator == "gae":
-        return {"value_model": s.value_model}
+        return {"value_model": s.value_model} if s.value_model else {}
     return {"advantage_estimator": s.estimator, "num_samples_per_prompt": s.num_samples,
             "kl_in_loss": s.estimator == "grpo", "normalize_scores": False}
 
@@ -576,7 +576,9 @@ def rate(stat: dict[str, float], unit: str) -> str:
 def ppo_description(report: dict[str, Any]) -> str:
     """The PPO estimator and its settings, and the weight-streaming bound's inputs."""
     s = report["settings"]
-    estimator = (f"gae, our value model {s['value_model']}" if s["estimator"] == "gae"
+    from rlhf.ppo.stage_config import PPOStageConfig
+
+    estimator = (f"gae, our value model {s['value_model'] or PPOStageConfig.value_model}" if s["estimator"] == "gae"
                  else f"{s['estimator']}, {s['num_samples']} completions per prompt")
     dtype = {"float32": "fp32", "bfloat16": "bf16"}[s.get("dtype", "float32")]
     return (f"; PPO estimator {estimator}, KL coefficient (beta) {s['kl_coef']:g}; {dtype} weights "
@@ -624,8 +626,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="grpo, rloo: completions per prompt (TRL's num_generations), dividing the 8 a rollout")
     parser.add_argument("--kl-coef", type=float, default=Settings.kl_coef,
                         help="PPO's kl_coef, TRL's beta; 0: no KL term")
-    parser.add_argument("--value-model", choices=("lora_head", "policy_head"), default="lora_head",
-                        help="gae: our PPO's value model (the anchor always trains a separate full one)")
+    parser.add_argument("--value-model", choices=("lora_head", "policy_head", "reward_head"), default=None,
+                        help="gae: our PPO's value model (default: the stage's; the anchor trains a separate full one)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=Settings.dtype,
                         help="PPO: weights of every model on both sides (bfloat16: for CPUs with AMX or a GPU)")
     parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc",

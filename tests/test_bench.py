@@ -114,7 +114,8 @@ def test_critic_free_estimators_take_what_their_trl_anchor_does(bench):
     def keys(*argv):
         return bench.estimator_keys(bench.settings_from(bench.parse_args(list(argv))))
 
-    assert keys() == {"value_model": "lora_head"}
+    assert keys() == {}  # gae with the stage's default value model
+    assert keys("--value-model", "reward_head") == {"value_model": "reward_head"}
     assert keys("--estimator", "grpo") == {"advantage_estimator": "grpo", "num_samples_per_prompt": 4,
                                            "kl_in_loss": True, "normalize_scores": False}
     assert keys("--estimator", "rloo", "--num-samples", "2")["kl_in_loss"] is False  # RLOO: KL in the reward

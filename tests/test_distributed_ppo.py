@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from contextlib import nullcontext
@@ -45,7 +46,7 @@ def ppo_args(ppo_runs, run_dir: Path, *extra: str) -> list[str]:
             "--dataset_path", str(ppo_runs["prompts"]), "--output_dir", str(run_dir), "--max_steps", str(STEPS),
             "--batch_size", str(BATCH), "--mini_batch_size", str(MINI_BATCH), "--max_new_tokens", str(NEW_TOKENS),
             "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "0.01", "--save_steps", str(SAVE_STEPS),
-            "--log_completions_steps", "1", *extra]
+            "--log_completions_steps", "1", "--value_model", "lora_head", *extra]
 
 
 def launch(config: str, argv: list[str], probe_dir: Path, ok: bool = True, **env: str) -> str:
@@ -195,6 +196,22 @@ def test_a_deepspeed_config_that_disagrees_with_the_ppo_config_is_an_error():
                         "gradient_clipping": 1.0}
 
 
+def test_a_value_head_on_the_reward_states_trains_under_ddp(ppo_runs, tmp_path):
+    """value_model reward_head on 2 processes: every process receives the whole rollout with the reward model's
+    states (its own rows alone would not index by the mini-batches' rows), and only the policy adapter and the
+    value head are trained."""
+    run_dir = tmp_path / "run"
+    launch("cpu_ddp_2proc", ["ppo", *ppo_args(ppo_runs, run_dir, "--value_model", "reward_head")], tmp_path / "probe")
+    summary = runs.read_summary(run_dir)
+    assert summary["world_size"] == 2 and summary["value_model"] == "reward_head"
+    assert all(math.isfinite(m["ppo/loss_value"]) for m in runs.MetricsFile(run_dir).read())
+    probes = read_probes(tmp_path / "probe")
+    assert probes[0]["start_weights"] == probes[1]["start_weights"]
+    assert all(".policy." in n or n.startswith("value_head.") for n in probes[0]["trainable"])
+    saved = {p.name for p in (run_dir / runs.CHECKPOINTS / f"checkpoint-{STEPS}").iterdir()}
+    assert checkpoint.VALUE_HEAD in saved and VALUE not in saved
+
+
 # ---- the update alone, on a fixed rollout -----------------------------------------------------------------------------
 
 
@@ -239,6 +256,9 @@ def fixed_rollout(ppo_runs, tmp_path_factory) -> Path:
         settings = rollout.Settings(NEW_TOKENS, config.temperature, config.top_p, scoring_rows=BATCH)
         samples = rollout.sample(model, tokenizer, data.texts[:BATCH], settings, "cpu", nullcontext())
         ro = rollout.score(model, reward, data.prompts[:BATCH], samples, settings)
+    tokens = rollout.token_ids(ro.input_ids, ro.attention_mask, ro.prompt_length, ro.mask, ro.ended_with_eos)
+    prompt_lengths = ro.attention_mask[:, :ro.prompt_length].sum(1).tolist()
+    ro.value_states = reward.with_states(tokens, prompt_lengths, ro.mask.shape[1])[1]  # what value_model reward_head reads
     assert len(set(ro.mask.sum(1).tolist())) == NEW_TOKENS
     torch.save(ro, root / "rollout.pt")
     return root / "rollout.pt"
@@ -251,15 +271,18 @@ def updates(ppo_runs, fixed_rollout, tmp_path_factory):
     root = tmp_path_factory.mktemp("updates")
     args = ppo_args(ppo_runs, root / "unused")
     on_reward = ["--reward_model_path", str(ppo_runs["rm_full"]), "--value_model", "reward_lora"]
+    head_on_reward = ["--value_model", "reward_head"]
     layouts = {"1 process": ["--gradient_accumulation_steps", "1"], "1 process, accumulation": [
-        "--gradient_accumulation_steps", "2"], "1 process, value on the reward model": on_reward}
+        "--gradient_accumulation_steps", "2"], "1 process, value on the reward model": on_reward,
+        "1 process, value head on the reward states": head_on_reward}
     for name, extra in layouts.items():
         update_on_fixed_rollout([*args, *extra], fixed_rollout, root / name)
     checkpointing = ["--gradient_checkpointing", "true"]  # recomputes the same activations: the same update
     launched = {"2 processes": ("cpu_ddp_2proc", []), "2 processes, ZeRO-2": ("cpu_zero2_2proc", []),
                 "2 processes, ZeRO-3, activation checkpointing": ("cpu_zero3_2proc", checkpointing),
                 "2 processes, ZeRO-3, value on the reward model, activation checkpointing": (
-                    "cpu_zero3_2proc", [*on_reward, *checkpointing])}
+                    "cpu_zero3_2proc", [*on_reward, *checkpointing]),
+                "2 processes, ZeRO-3, value head on the reward states": ("cpu_zero3_2proc", head_on_reward)}
     for name, (accelerate_config, extra) in launched.items():
         launch(accelerate_config, ["update", str(fixed_rollout), str(root / name), *args, *extra],
                root / f"probe {name}")
@@ -270,7 +293,8 @@ def updates(ppo_runs, fixed_rollout, tmp_path_factory):
     ("1 process, accumulation", "1 process"), ("2 processes", "1 process"), ("2 processes, ZeRO-2", "1 process"),
     ("2 processes, ZeRO-3, activation checkpointing", "1 process"),
     ("2 processes, ZeRO-3, value on the reward model, activation checkpointing",
-     "1 process, value on the reward model")])
+     "1 process, value on the reward model"),
+    ("2 processes, ZeRO-3, value head on the reward states", "1 process, value head on the reward states")])
 def test_update_is_the_same_for_any_processes_and_accumulation(updates, layout, reference):
     assert_same_update(updates[layout], updates[reference], 2 if layout.startswith("2 processes") else 1)
 
@@ -417,3 +441,4 @@ def child(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(child(sys.argv[1:]))
+

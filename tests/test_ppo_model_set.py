@@ -1,5 +1,7 @@
 """The PPO model set: one base in memory, the reference is the SFT model, the shared reward is the reward model."""
 
+import contextlib
+
 import pytest
 import torch
 from peft import PeftModel
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def config(runs, **overrides):
     keys = dict(policy_path=str(runs["sft"]), reward_model_path=str(runs["rm"]), dataset_path=str(runs["prompts"]),
-                lora_r=4, lora_alpha=8)
+                lora_r=4, lora_alpha=8, value_model="lora_head")
     return PPOStageConfig(**{**keys, **overrides})
 
 
@@ -304,3 +306,62 @@ def test_normalising_without_reward_statistics_is_an_error(ppo_runs):
     with pytest.raises(ConfigError, match="no reward statistics"):
         model_set.build(config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", normalize_scores=True,
                                score_stats="reward_data"), "cpu")
+
+
+@pytest.mark.parametrize("reward_run", ["rm", "rm_full"])
+def test_reward_head_values_are_the_reward_model_states_of_each_prefix(ppo_runs, reward_run):
+    """value_model reward_head: V_t = head(the reward model's final state after the prompt and t response tokens), read
+    off the reward's own scoring pass of the padded batch; checked row by row on each unpadded prefix. Only the head
+    is trained: no value adapter, and one training pass of the base (the policy's)."""
+    cfg = config(ppo_runs, reward_model_path=str(ppo_runs[reward_run]), value_model="reward_head",
+                 score_stats="reward_data")
+    model, reward, info = model_set.build(cfg, "cpu")
+    assert model_set.VALUE not in model.peft.peft_config and model.training_passes() == (model_set.POLICY,)
+    assert info["value_from_reward"]
+    head_and_policy = model_set.adapter_parameters(model.peft, model_set.POLICY) + list(model.value_head.parameters())
+    assert [id(p) for p in model.trainable_parameters()] == [id(p) for p in head_and_policy]
+    tokenizer = load_tokenizer(str(ppo_runs["sft"]))
+    settings = rollout.Settings(max_new_tokens=6, temperature=1.0, top_p=1.0, scoring_rows=4)
+    texts = rollout.read_prompts(str(ppo_runs["prompts"]), tokenizer, 512).texts[-4:]
+    torch.manual_seed(0)
+    samples = rollout.sample(model, tokenizer, texts, settings, "cpu", contextlib.nullcontext())
+    ro = rollout.score(model, reward, [None] * 4, samples, settings)
+    assert ro.value_states.shape[:2] == ro.mask.shape
+    if reward_run == "rm":
+        body = lambda ids: model.hidden_states(model_set.REWARD, ids, torch.ones_like(ids))  # noqa: E731
+    else:
+        classifier = reward.modules[0]
+        body = lambda ids: getattr(classifier, classifier.base_model_prefix)(input_ids=ids).last_hidden_state  # noqa: E731
+    p = ro.prompt_length
+    with torch.no_grad():
+        for i in range(len(ro.mask)):
+            prompt = ro.input_ids[i, :p][ro.attention_mask[i, :p].bool()]
+            for t in range(int(ro.mask[i].sum())):
+                prefix = torch.cat([prompt, ro.input_ids[i, p:p + t]])[None]
+                expected = model.value_head(body(prefix)[0, -1]).squeeze()
+                torch.testing.assert_close(ro.values[i, t], expected, atol=1e-5, rtol=1e-5)
+    assert (ro.values * (1 - ro.mask)).abs().sum() == 0
+    logits, values = model(ro.input_ids, ro.attention_mask, p, part=model_set.POLICY, reward_states=ro.value_states)
+    torch.testing.assert_close(values * ro.mask, ro.values)
+    (logits.float().logsumexp(-1).mean() + values.pow(2).mean()).backward()
+    assert all(p.grad is not None for p in model.trainable_parameters())
+    assert all(p.grad is None for m in reward.modules for p in m.parameters() if id(p) not in
+               {id(q) for q in model.trainable_parameters()})
+
+
+def test_reward_head_needs_a_reward_model_that_reads_the_policy_tokens(ppo_runs):
+    with pytest.raises(ConfigError, match="reads the reward model"):
+        config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", value_model="reward_head")
+
+
+def test_value_model_auto_is_a_head_on_the_reward_states_when_the_reward_model_reads_the_policy_tokens(
+        ppo_runs, monkeypatch):
+    def resolved(**keys):
+        return model_set.with_value_model(config(ppo_runs, value_model="auto", **keys)).value_model
+
+    assert resolved() == "reward_head"  # a reward adapter on the PPO base
+    assert resolved(reward_model_path=str(ppo_runs["rm_full"])) == "reward_head"  # a classifier of its own
+    assert resolved(reward_model_path=None, reward_fn="builtins:len") == "lora_head"  # a rule has no states
+    monkeypatch.setattr(rewards, "template_tail", lambda *tokenizers: None)  # another tokenizer or template
+    assert resolved() == "lora_head"
+    assert model_set.with_value_model(config(ppo_runs, value_model="policy_head")).value_model == "policy_head"

@@ -47,7 +47,8 @@ def ppo_model(ppo_runs, **overrides):
     from rlhf.ppo.stage_config import PPOStageConfig
 
     config = PPOStageConfig(**{"policy_path": str(ppo_runs["sft"]), "reward_model_path": str(ppo_runs["rm"]),
-                          "dataset_path": str(ppo_runs["prompts"]), "lora_r": 4, "lora_alpha": 8, **overrides})
+                          "dataset_path": str(ppo_runs["prompts"]), "lora_r": 4, "lora_alpha": 8,
+                          "value_model": "lora_head", **overrides})
     model, reward, _ = model_set.build(config, "cpu")
     with torch.no_grad():  # a policy away from the reference, so that the two differ
         for param in model_set.adapter_parameters(model.peft, model_set.POLICY):
@@ -170,11 +171,11 @@ def rollout_and_forward(ppo_runs, value_model: str, dtype: str):
     samples = rollout.sample(model, tokenizer, data.texts[-8:], settings, "cpu", nullcontext())
     ro = rollout.score(model, reward, data.prompts[-8:], samples, settings)
     with torch.no_grad():
-        logits, values = model(ro.input_ids, ro.attention_mask, ro.prompt_length)
+        logits, values = model(ro.input_ids, ro.attention_mask, ro.prompt_length, reward_states=ro.value_states)
     return ro, samples.sampled, logits, values
 
 
-@pytest.mark.parametrize("value_model", ["lora_head", "policy_head"])
+@pytest.mark.parametrize("value_model", ["lora_head", "policy_head", "reward_head"])
 def test_below_float32_the_old_logprobs_and_values_are_a_forward_pass(ppo_runs, value_model):
     """In bf16 generation's cached steps round differently from a forward pass: the rollout takes the policy's
     log-probs, entropy and values from one forward pass, exactly what the update's first forward computes."""

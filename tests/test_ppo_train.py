@@ -146,22 +146,6 @@ def test_resumed_run_equals_uninterrupted_run(ppo_runs, tmp_path, estimator):
     assert [p.name for p in kept] == ["checkpoint-2", "checkpoint-4"]
 
 
-def test_a_value_adapter_on_the_reward_model_trains_and_resumes_exactly(ppo_runs, tmp_path):
-    keys = dict(reward_fn=None, reward_model_path=str(ppo_runs["rm_full"]), value_model="reward_lora", save_steps=1,
-                score_stats_rows=16)
-    train.run(ppo_config(ppo_runs, tmp_path / "straight", max_steps=2, **keys))
-    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=1, **keys))
-    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=2, **keys))
-    value = [load_file(tmp_path / name / runs.CHECKPOINTS / f"checkpoint-{step}" / "value" / ADAPTER_WEIGHTS)
-             for name, step in (("straight", 1), ("straight", 2), ("resumed", 2))]
-    assert value[1].keys() == value[2].keys() and any("lora_A" in k for k in value[1])
-    assert any(not torch.equal(value[0][k], value[1][k]) for k in value[1])  # the value adapter is trained
-    for key, tensor in value[1].items():
-        torch.testing.assert_close(value[2][key], tensor, atol=1e-6, rtol=1e-5)
-    metrics = runs.MetricsFile(tmp_path / "resumed").read()
-    assert [m["step"] for m in metrics] == [1, 2] and metrics[0]["ppo/loss_value"] > 0
-
-
 def test_scores_are_normalised_with_the_starting_policys_statistics(ppo_runs, tmp_path):
     config = ppo_config(ppo_runs, tmp_path / "run", max_steps=1, normalize_scores=True, score_stats_rows=64,
                         learning_rate=0.0)
@@ -346,3 +330,32 @@ def test_each_process_must_hold_whole_groups(ppo_runs, tmp_path):
     assert config.per_process(2) == (4, 4)
     with pytest.raises(ConfigError, match=r"batch_size 8 must be divisible by 4 x 4 processes = 16"):
         config.per_process(4)
+
+
+def value_weights(folder) -> dict[str, torch.Tensor]:
+    """The value adapter's weights (if any) and the value head of a checkpoint folder."""
+    adapter = load_file(folder / "value" / ADAPTER_WEIGHTS) if (folder / "value").is_dir() else {}
+    return {**adapter, **{f"head.{k}": v for k, v in torch.load(folder / VALUE_HEAD).items()}}
+
+
+@pytest.mark.parametrize("value_model, reward_run", [("reward_lora", "rm_full"), ("reward_head", "rm")])
+def test_a_value_model_on_the_reward_model_trains_and_resumes_exactly(ppo_runs, tmp_path, value_model, reward_run):
+    """reward_lora: a value adapter and head on a separate reward classifier; reward_head: a head alone on the
+    reward model's states (no value adapter, no value pass)."""
+    keys = dict(reward_fn=None, reward_model_path=str(ppo_runs[reward_run]), value_model=value_model, save_steps=1,
+                score_stats_rows=16)
+    train.run(ppo_config(ppo_runs, tmp_path / "straight", max_steps=2, **keys))
+    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=1, **keys))
+    train.run(ppo_config(ppo_runs, tmp_path / "resumed", max_steps=2, **keys))
+    value = [value_weights(tmp_path / name / runs.CHECKPOINTS / f"checkpoint-{step}")
+             for name, step in (("straight", 1), ("straight", 2), ("resumed", 2))]
+    assert value[1].keys() == value[2].keys()
+    assert any("lora_A" in k for k in value[1]) == (value_model == "reward_lora")
+    for trained in ([k for k in value[1] if "lora_" in k] or ["head.weight"]):
+        assert not torch.equal(value[0][trained], value[1][trained])  # the adapter (or else the head) is trained
+    for key, tensor in value[1].items():
+        torch.testing.assert_close(value[2][key], tensor, atol=1e-6, rtol=1e-5)
+    assert VALUE_METRICS <= runs.MetricsFile(tmp_path / "straight").read()[-1].keys()
+    policy = [load_file(tmp_path / name / "final" / ADAPTER_WEIGHTS) for name in ("straight", "resumed")]
+    for key, tensor in policy[0].items():
+        torch.testing.assert_close(policy[1][key], tensor, atol=1e-6, rtol=1e-5)

@@ -123,7 +123,8 @@ def gather_rollout(ro: Rollout, accelerator, pad_token_id: int) -> Rollout:
     prompt_ids = gathered(ro.input_ids[:, :p], pad_token_id, left=True)
     prompt_mask = gathered(ro.attention_mask[:, :p], 0, left=True)
     per_token = {name: gathered(getattr(ro, name), 0)
-                 for name in ("mask", "logprobs", "ref_logprobs", "values", "entropy") if getattr(ro, name) is not None}
+                 for name in ("mask", "logprobs", "ref_logprobs", "values", "entropy", "value_states")
+                 if getattr(ro, name) is not None}
     return replace(
         ro, prompts=gather_object(ro.prompts), responses=gather_object(ro.responses),
         input_ids=torch.cat([prompt_ids, gathered(ro.response_ids, pad_token_id)], dim=1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from rlhf.ppo import rewards
 # The base is the SFT model (an SFT LoRA adapter is merged into it once). On top of it, one peft model holds
 #   policy    = base + LoRA "policy" (trained)
 #   reference = the same base with adapters disabled (no second copy of the weights)
-#   value     = base + LoRA "value" + a scalar head (trained), or a scalar head on the policy's hidden states;
+#   value     = base + LoRA "value" + a scalar head (trained), or a scalar head on the policy's hidden states, or a
+#               scalar head on the reward model's hidden states from the reward's own scoring pass (reward_head);
 #               none at all for the critic-free advantage estimators (config.critic is None)
 #   reward    = base + LoRA "reward" + the reward model's score head (frozen), when the reward model shares the base
 # A reward model of its own (fully fine-tuned, or on another base) is a frozen classifier beside it; with
@@ -26,12 +28,19 @@ from rlhf.ppo import rewards
 # value starts as the reward model without a trainable copy of it (OpenRLHF initialises a full critic copy).
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
-VALUE_MODELS = ("lora_head", "policy_head", "reward_lora")
+VALUE_MODELS = ("lora_head", "policy_head", "reward_lora", "reward_head")
 
 
 def has_value_pass(value_model: str | None) -> bool:
-    """Whether the value model is a pass of its own (an adapter), rather than a head on the policy's states or none."""
+    """Whether the value model is a pass of its own (an adapter), rather than a head on the policy's or the reward's
+    states, or none."""
     return value_model in ("lora_head", "reward_lora")
+
+
+def reads_reward_states(value_model: str | None) -> bool:
+    """Whether the values are a head on the reward model's final hidden states (`reward_head`): the reward's scoring
+    pass gives them, and the update trains the head alone on the states the rollout kept (no pass of the base)."""
+    return value_model == "reward_head"
 
 
 class PolicyValueModel(nn.Module):
@@ -150,13 +159,15 @@ class PolicyValueModel(nn.Module):
         of the base: it runs after the policy's backward, so only one pass's activations are held at a time."""
         return self.adapters
 
-    def forward(self, input_ids, attention_mask, prompt_length: int, part: str = "both"):
+    def forward(self, input_ids, attention_mask, prompt_length: int, part: str = "both", reward_states=None):
         """(policy logits [B, R, V] or None, values [B, R] or None) at the R positions that predict the response.
-        part: "both"; "policy" (logits, and the values too when they are read off the policy's states); "value"."""
+        part: "both"; "policy" (logits, and the values too when they are read off the policy's states, or off
+        `reward_states` [B, R, H], the reward model's states the rollout kept for `reward_head`); "value"."""
         logits = values = None
         if part in ("both", POLICY):
             logits, hidden = self.logits(POLICY, input_ids, attention_mask, prompt_length,
                                          with_hidden=self.value_model == "policy_head")
+            hidden = reward_states if reads_reward_states(self.value_model) else hidden
             values = None if hidden is None else self.values_from(hidden)
         if part in ("both", VALUE) and has_value_pass(self.value_model):
             values = self.values_from(self.value_states(input_ids, attention_mask)[:, prompt_length - 1:-1])
@@ -295,10 +306,23 @@ def normalise_head(head: nn.Linear, stats: dict[str, float]) -> None:
     head.bias.sub_(stats["mean"]).div_(stats["std"])
 
 
+def with_value_model(config):
+    """`config` with `value_model: auto` resolved: `reward_head` when a reward model reads the policy's tokens (its
+    states then sit at the policy's positions: the value costs no pass of the base), else `lora_head` (a rule reward,
+    or a reward model with another tokenizer or chat template)."""
+    if config.value_model != "auto":
+        return config
+    reads_tokens = bool(config.reward_model_path) and rewards.template_tail(
+        load_tokenizer(config.reward_model_path), load_tokenizer(config.policy_path)) is not None
+    return dataclasses.replace(config, value_model="reward_head" if reads_tokens else "lora_head")
+
+
 def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, Any]]:
     """(policy+value model, reward, facts for the log and summary) for a PPO config; with no value model
     (`config.critic` None) the policy alone."""
     from peft import get_peft_model
+
+    config = with_value_model(config)
 
     policy_tokenizer = load_tokenizer(config.policy_path)
 
@@ -331,10 +355,14 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
         reward = rewards.separate_reward(config.reward_model_path, stats, device, policy_tokenizer, config.dtype)
     reward_peft, head = None, None
     score = shared.score if shared and value_model else None  # what the value head starts as
+    hidden_size = base.config.hidden_size
     if value_model == "reward_lora":
         reward_peft, score = value_on_reward_model(config, reward, shared is not None)
+        hidden_size = reward_peft.config.hidden_size
+    if reads_reward_states(value_model):
+        score, hidden_size = head_on_reward_model(config, reward, shared)
     if value_model:
-        head = value_head(reward_peft.config.hidden_size if reward_peft else base.config.hidden_size, score)
+        head = value_head(hidden_size, score)
     known = rewards.score_normalization(config, stats)  # the reward run's statistics, when they normalise
     if score is not None and known:
         normalise_head(head, known)
@@ -342,10 +370,28 @@ def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, A
     if isinstance(reward, rewards.ModelReward):
         info["reward"] += ("; it reads the rollout's tokens" if reward.tail is not None
                            else "; its tokenizer or template differs from the policy's, so it re-tokenizes text")
+    info["value_model"] = value_model
     info["value_from_reward"] = score is not None  # the value head starts as the reward's score head
     info["trainable_parameters"] = sum(p.numel() for p in model.trainable_parameters())
     info["reward_parameters"] = added_parameters(reward.modules, model)
     return model, reward, info
+
+
+def head_on_reward_model(config, reward, shared: RewardAdapter | None) -> tuple[dict[str, torch.Tensor], int]:
+    """(the reward model's score head, its hidden size): where the value head of `reward_head` starts. The reward
+    model must read the policy's tokens, so that its states sit at the policy's positions."""
+    if not isinstance(reward, rewards.ModelReward):
+        raise ConfigError("value_model reward_head reads the reward model's states: set reward_model_path (a rule "
+                          "reward_fn has none; use value_model lora_head or policy_head)")
+    if reward.tail is None:
+        raise ConfigError(f"value_model reward_head: the reward model {config.reward_model_path} has another "
+                          f"tokenizer or chat template than the policy, so its states are not at the policy's token "
+                          f"positions; use value_model lora_head or reward_lora")
+    if shared:
+        return shared.score, len(shared.score["weight"].reshape(-1))
+    classifier = reward.modules[0]
+    score = {k: v.detach().float().clone() for k, v in classifier.score.state_dict().items()}
+    return score, classifier.config.hidden_size
 
 
 def value_on_reward_model(config, reward: rewards.ModelReward, shared: bool) -> tuple[Any, dict[str, torch.Tensor]]:

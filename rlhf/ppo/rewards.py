@@ -18,7 +18,7 @@ from rlhf import runs
 from rlhf.chat import format_prompt
 from rlhf.config import import_function
 from rlhf.errors import ConfigError
-from rlhf.models import ModelSource, disable_dropout, load_tokenizer, read_adapter_config
+from rlhf.models import ModelSource, disable_dropout, final_states, load_tokenizer, read_adapter_config
 
 
 class Reward(Protocol):
@@ -51,24 +51,50 @@ class FunctionReward:
 class ModelReward:
     """A reward model reading `reward.pairs.render(prompt, response)`, scored at the last non-padding token.
 
+    `read(input_ids, attention_mask)` gives (scores [B], final hidden states [B, L, H] of the model's body).
     `tail`: the tokens its template puts after a response, when its rendering is exactly the policy's prompt tokens,
     the response tokens, then `tail` (see `template_tail`). It then reads the rollout's own tokens (as TRL does),
     skipping decode, render and re-tokenize, and scores what the policy sampled rather than a re-tokenization
     of it, which for a barely trained policy can be many tokens longer."""
 
-    def __init__(self, tokenizer, scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    def __init__(self, tokenizer, read: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                  stats: dict[str, float] | None, device, modules: list[nn.Module], tail: list[int] | None):
-        self.tokenizer, self.scores_of, self.stats, self.device = tokenizer, scores_of, stats, device
+        self.tokenizer, self.read, self.stats, self.device = tokenizer, read, stats, device
         self.modules, self.tail = modules, tail
 
-    @torch.no_grad()
+    def scores_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.read(input_ids, attention_mask)[0]
+
     def __call__(self, prompts, responses, token_ids=None):
         if self.tail is not None and token_ids is not None:
             ids = [row + self.tail for row in token_ids]
         else:
             ids = [encode(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        return self.scores_of(*self._batch(ids)).float().cpu()
+
+    def _batch(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
-        return self.scores_of(batch["input_ids"], batch["attention_mask"]).float().cpu()
+        return batch["input_ids"], batch["attention_mask"]
+
+    @torch.no_grad()
+    def with_states(self, token_ids: list[list[int]], prompt_lengths: list[int], width: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [B], final hidden states [B, width, H] where the reward model has read each row's prompt and its
+        first t response tokens, t = 0..width-1): what `value_model: reward_head` reads. The states come from the
+        same pass as the scores; a row's positions past its response repeat its last position (masked by PPO)."""
+        if self.tail is None:
+            raise ConfigError("the reward model reads text (its tokenizer or chat template differs from the "
+                              "policy's), so its states are not at the policy's token positions")
+        ids = [row + self.tail for row in token_ids]
+        input_ids, attention_mask = self._batch(ids)
+        scores, hidden = self.read(input_ids, attention_mask)
+        length = input_ids.shape[1]
+        # Left padding: row i starts at length - len(ids[i]); the state after its prompt and t response tokens sits
+        # at start + prompt_length - 1 + t.
+        starts = torch.tensor([length - len(row) + p - 1 for row, p in zip(ids, prompt_lengths)], device=hidden.device)
+        positions = (starts[:, None] + torch.arange(width, device=hidden.device)).clamp(max=length - 1)
+        states = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        return scores.float(), states
 
 
 def template_tail(reward_tokenizer, policy_tokenizer) -> list[int] | None:
@@ -194,13 +220,13 @@ def shared_reward(hidden_states: Callable[[torch.Tensor, torch.Tensor], torch.Te
     head.to(device)
     tokenizer = load_tokenizer(reward_path, padding_side="left")
 
-    def scores_of(input_ids, attention_mask):
+    def read(input_ids, attention_mask):
         hidden = hidden_states(input_ids, attention_mask)
         rows = torch.arange(len(hidden), device=hidden.device)
         last = hidden[rows, last_token_index(input_ids, tokenizer.pad_token_id)]
-        return head(last.to(head.weight.dtype)).squeeze(-1)
+        return head(last.to(head.weight.dtype)).squeeze(-1), hidden
 
-    return ModelReward(tokenizer, scores_of, stats, device, [base, head], template_tail(tokenizer, policy_tokenizer))
+    return ModelReward(tokenizer, read, stats, device, [base, head], template_tail(tokenizer, policy_tokenizer))
 
 
 def separate_reward(reward_path: str, stats: dict[str, float] | None, device, policy_tokenizer,
@@ -212,11 +238,14 @@ def separate_reward(reward_path: str, stats: dict[str, float] | None, device, po
     classifier.requires_grad_(False)
     classifier.eval().to(device)
 
-    def scores_of(input_ids, attention_mask):
-        with adapters_off(classifier):
-            return classifier_scores(classifier, input_ids, attention_mask).float()
+    body = getattr(classifier, classifier.base_model_prefix)
 
-    return ModelReward(tokenizer, scores_of, stats, device, [classifier], template_tail(tokenizer, policy_tokenizer))
+    def read(input_ids, attention_mask):
+        with adapters_off(classifier), final_states(body) as kept:
+            scores = classifier_scores(classifier, input_ids, attention_mask).float()
+        return scores, kept[0]
+
+    return ModelReward(tokenizer, read, stats, device, [classifier], template_tail(tokenizer, policy_tokenizer))
 
 
 @contextmanager

@@ -3,7 +3,7 @@ forward pass per remaining model (reference, value adapter, reward; below float3
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +12,9 @@ import torch
 from rlhf.errors import DataError
 from rlhf.chat import format_prompt, prompt_of_row
 from rlhf.datafiles import read_rows
+from rlhf.models import final_states
 from rlhf.ppo import core
-from rlhf.ppo.model_set import POLICY, VALUE
+from rlhf.ppo.model_set import POLICY, VALUE, reads_reward_states
 from rlhf.sampling import generate_ids
 
 # `generate` is the only function that samples (through rlhf.sampling.generate_ids, as every command does); `sample`
@@ -60,6 +61,7 @@ class Rollout:
     values: torch.Tensor | None  # [B, R]; None without a value model (the critic-free estimators)
     entropy: torch.Tensor  # [B, R] of the policy's sampling distribution
     scores: torch.Tensor  # [B] the reward model's scores, before any penalty or normalisation
+    value_states: torch.Tensor | None = None  # [B, R, H] the reward model's states the values are read (reward_head)
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -107,24 +109,6 @@ class SamplingRecord:
         return torch.stack(self.logprobs, 1), torch.stack(self.entropy, 1)
 
 
-@contextmanager
-def final_hidden_states(body, keep: bool):
-    """Collects (when `keep`) the last position's output of the transformer body at every step of `generate`."""
-    steps: list[torch.Tensor] = []
-    if not keep:
-        yield steps
-        return
-
-    def hook(module, args, output):
-        steps.append(output.last_hidden_state[:, -1])
-
-    handle = body.register_forward_hook(hook)
-    try:
-        yield steps
-    finally:
-        handle.remove()
-
-
 def generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int, temperature: float, top_p: float,
              keep_hidden: bool = False, top_k: int = 0, record: bool = True) -> Sampled:
     """Sampled continuations (KV cache, stop at EOS) from the policy, with their log-probs recorded on the way
@@ -133,11 +117,12 @@ def generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int, tem
 
     `generate_ids` puts the recorder before the temperature, top-k and top-p warpers, so it sees the raw logits."""
     recorder = [SamplingRecord(temperature)] if record else []
-    with final_hidden_states(model.body, keep_hidden) as hidden:
+    with final_states(model.body) if keep_hidden else nullcontext([]) as steps:
         sequences = generate_ids(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k,
                                  tokenizer.eos_token_id, tokenizer.pad_token_id, extra_processors=recorder)
     logprobs, entropy = recorder[0].result(sequences) if record else (None, None)
-    return Sampled(sequences, logprobs, entropy, torch.stack(hidden, 1) if keep_hidden else None)
+    hidden = torch.stack([step[:, -1] for step in steps], 1) if keep_hidden else None  # each step's last position
+    return Sampled(sequences, logprobs, entropy, hidden)
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,15 +197,17 @@ def records_match_forward(model) -> bool:
 def score(model, reward, prompts: list, samples: Samples, settings: Settings, with_values: bool = True,
           with_reference: bool = True) -> Rollout:
     """The rollout: what sampling did not already give, `scoring_rows` rows at a time: reference log-probs (the base
-    with adapters off), values (the value adapter's pass, or the head on the policy states kept while sampling; none
-    without a value model) and the reward's scores. Below float32 the policy's own log-probs, entropy and values come
-    from a forward pass too (as in OpenRLHF), so that the update's first ratio is 1 and its first values are the old
-    ones. `with_values=False` (the held-out evaluation, which reads no values) skips the value pass;
-    `with_reference=False` (training without a KL term) skips the reference pass."""
+    with adapters off), values (the value adapter's pass, the head on the policy states kept while sampling, or the
+    head on the reward model's states from its own pass; none without a value model) and the reward's scores. Below
+    float32 the policy's own log-probs, entropy and values come from a forward pass too (as in OpenRLHF), so that the
+    update's first ratio is 1 and its first values are the old ones. `with_values=False` (the held-out evaluation,
+    which reads no values) skips the value pass; `with_reference=False` (training without a KL term) skips the
+    reference pass."""
     recorded = records_match_forward(model)
     critic = with_values and model.value_model is not None
+    on_reward = critic and reads_reward_states(model.value_model)
     names = (("scores",) + (("ref_logprobs",) if with_reference else ()) + (("values",) if critic else ())
-             + (() if recorded else ("logprobs", "entropy")))
+             + (("value_states",) if on_reward else ()) + (() if recorded else ("logprobs", "entropy")))
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     sampled, p, mask = samples.sampled, samples.prompt_length, samples.mask
     for start in range(0, len(mask), settings.scoring_rows):
@@ -233,18 +220,24 @@ def score(model, reward, prompts: list, samples: Samples, settings: Settings, wi
             del logits
         elif critic and sampled.hidden is not None:
             values = model.values_from(sampled.hidden[rows])
-        elif critic:
+        elif critic and not on_reward:
             values = model(ids, attn, p, part=VALUE)[1]
-        if critic:
-            parts["values"].append(values.float() * mask[rows])
         if with_reference:
             ref_logits = model.reference_logits(ids, attn, p)
             parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, ids[:, p:], settings.temperature))
             del ref_logits
         tokens = token_ids(ids, attn, p, mask[rows], samples.ended_with_eos[rows])
-        parts["scores"].append(reward(prompts[rows], samples.responses[rows], tokens).to(ids.device))
+        if on_reward:  # one reward pass gives the scores and the states the values are read from
+            scores, states = reward.with_states(tokens, attn[:, :p].sum(1).tolist(), mask.shape[1])
+            values = model.values_from(states)
+            parts["value_states"].append(states)
+        else:
+            scores = reward(prompts[rows], samples.responses[rows], tokens)
+        parts["scores"].append(scores.to(ids.device))
+        if critic:
+            parts["values"].append(values.float() * mask[rows])
     scored = {"logprobs": sampled.logprobs, "entropy": sampled.entropy, **{k: torch.cat(v) for k, v in parts.items()}}
     return Rollout(prompts, samples.responses, sampled.sequences, samples.attention_mask, p, mask,
                    samples.ended_with_eos, logprobs=scored["logprobs"] * mask, entropy=scored["entropy"],
                    ref_logprobs=scored["ref_logprobs"] * mask if with_reference else None, values=scored.get("values"),
-                   scores=scored["scores"])
+                   value_states=scored.get("value_states"), scores=scored["scores"])

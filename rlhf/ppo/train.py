@@ -173,6 +173,7 @@ def setup(config: PPOStageConfig) -> PPORun:
     """Accelerator, prompts, run directory, the model set with its optimizer, and the resumed state if any."""
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    config = model_set.with_value_model(config)  # `auto` resolved: what ran is what config.yaml records
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = distributed.make_accelerator(
         several_passes=model_set.has_value_pass(config.critic),
@@ -199,7 +200,7 @@ def setup(config: PPOStageConfig) -> PPORun:
         if held_out:
             held_out.baseline_gold = state["eval_baseline_gold"]
     if accelerator.is_main_process:
-        print(f"reward: {info['reward']}; it adds {info['reward_parameters']:,} parameters to the base; "
+        print(f"value model: {info['value_model'] or 'none'}; reward: {info['reward']}; it adds {info['reward_parameters']:,} parameters to the base; "
               f"{len(data.prompts)} prompts ({data.too_long} too long, dropped); "
               f"{info['trainable_parameters']:,} trainable parameters; {accelerator.num_processes} process(es)")
         runs.MetricsFile(run_dir, runs.COMPLETIONS).truncate_after(start)
@@ -287,8 +288,8 @@ def finish(ppo: PPORun, metrics: dict[str, float]) -> dict[str, Any]:
         if ppo.accelerator.is_main_process:
             checkpoint.save_final(ppo.run_dir, ppo.policy, ppo.tokenizer)
     summary = {"global_step": ppo.config.max_steps, "world_size": ppo.accelerator.num_processes,
-               "reward": ppo.info["reward"], "prompts": len(ppo.data.prompts), "prompts_too_long": ppo.data.too_long,
-               **metrics}
+               "value_model": ppo.info["value_model"], "reward": ppo.info["reward"], "prompts": len(ppo.data.prompts),
+               "prompts_too_long": ppo.data.too_long, **metrics}
     if ppo.accelerator.is_main_process:
         runs.write_summary(ppo.run_dir, summary)
     ppo.accelerator.end_training()

@@ -15,7 +15,8 @@ from rlhf.ppo.stage_config import PPOStageConfig
 def pass_loss(model, part: str, ro: Rollout, rows, advantages, returns, kl_coef: float, config: PPOStageConfig):
     """(loss, its logged parts) of one training pass over `rows`: the policy loss (+ kl_coef * the KL term with
     `kl_in_loss`), the value loss, or both, as the pass computes logits, values or both."""
-    logits, values = model(ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length, part)
+    states = None if ro.value_states is None else ro.value_states[rows]  # reward_head: the states the rollout kept
+    logits, values = model(ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length, part, reward_states=states)
     loss, logged = 0.0, {}
     if logits is not None:
         logprobs = core.logprobs_from_logits(logits, ro.response_ids[rows], config.temperature)
