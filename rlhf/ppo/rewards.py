@@ -65,6 +65,7 @@ class ModelReward:
     def scores_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.read(input_ids, attention_mask)[0]
 
+    @torch.no_grad()
     def __call__(self, prompts, responses, token_ids=None):
         if self.tail is not None and token_ids is not None:
             ids = [row + self.tail for row in token_ids]

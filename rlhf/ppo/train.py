@@ -200,7 +200,8 @@ def setup(config: PPOStageConfig) -> PPORun:
         if held_out:
             held_out.baseline_gold = state["eval_baseline_gold"]
     if accelerator.is_main_process:
-        print(f"value model: {info['value_model'] or 'none'}; reward: {info['reward']}; it adds {info['reward_parameters']:,} parameters to the base; "
+        print(f"value model: {info['value_model'] or 'none'}; reward: {info['reward']}; "
+              f"it adds {info['reward_parameters']:,} parameters to the base; "
               f"{len(data.prompts)} prompts ({data.too_long} too long, dropped); "
               f"{info['trainable_parameters']:,} trainable parameters; {accelerator.num_processes} process(es)")
         runs.MetricsFile(run_dir, runs.COMPLETIONS).truncate_after(start)
