@@ -13,7 +13,8 @@ The model is a random bench model built here, or `--model` (a folder, or a name 
 Every measured run is a fresh subprocess: its peak resident memory is that of its whole process tree, sampled
 every 20 ms. Throughput counts the training loop only (tokens without padding for SFT/reward; completions per
 second of rollout + update time for PPO, the first step left out as warm-up). Generation is also compared with
-the time that reading every weight once per generated token takes at the memory bandwidth measured in the run.
+the time that reading every weight once per generated token takes at the memory bandwidth measured in the run,
+and so are a decode step's linear products alone (the ceiling of that fraction on this machine's kernels).
 """
 
 from __future__ import annotations
@@ -280,6 +281,29 @@ def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     return best
 
 
+def decode_products_seconds(model: Path, rows: int, dtype: str = "float32", repeats: int = 5) -> float:
+    """Seconds that one decode step's linear products take alone, back to back, with the weights and kernels our
+    decoding uses (`packed_linears`, `rows` rows): every other operation of a step adds to this, so the
+    weight-streaming bound divided by it is the highest fraction a decode loop built on these kernels can reach.
+    The best of a few passes after a warm-up one, on the model's architecture with fresh weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlhf.packed_weights import packed_linears
+
+    built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=getattr(torch, dtype))
+    layers = [m for m in built.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=getattr(torch, dtype)) for m in layers}
+    best = float("inf")
+    with packed_linears(built, rows):
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            for layer in layers:
+                layer(inputs[layer.in_features])
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
 # ---- workers (run as `bench.py --worker KIND`, one per measured run) -------------------------------
 
 
@@ -525,11 +549,12 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
     params, weight_bytes = model_size(model, s.dtype)
     sides = ["ours"] if skip_anchor else ["ours", "anchor"]
     raw: dict[str, dict[str, list[dict]]] = {stage: {side: [] for side in sides} for stage in stages}
-    flops, bandwidths = [], []
+    flops, bandwidths, products = [], [], []
     for rep in range(1, reps + 1):
         flops.append(matmul_flops())
         if "ppo" in stages:
             bandwidths.append(memory_bandwidth())
+            products.append(decode_products_seconds(model, s.batch_size, s.dtype))
         for stage in stages:
             for side in (sides if rep % 2 else sides[::-1]):  # who goes first alternates between repetitions
                 result = run_side(stage, side, s, inputs, workdir, rep, threads, extra_env)
@@ -538,7 +563,9 @@ def benchmark(stages: list[str], s: Settings, reps: int, skip_anchor: bool, work
                     f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)), file=sys.stderr)
     report.update({"model_parameters": params, "matmul_flops": spread(flops)})
     if "ppo" in stages:
-        report.update({"weight_bytes": weight_bytes, "memory_bandwidth": spread(bandwidths)})
+        report.update({"weight_bytes": weight_bytes, "memory_bandwidth": spread(bandwidths),
+                       "decode_products_ms": spread([1e3 * t for t in products]),
+                       "products_streaming_fraction": spread([weight_bytes / b / t for b, t in zip(bandwidths, products)])})
         for runs in raw["ppo"].values():  # decode steps per rollout: response_length, unless every row stops early
             add_streaming(runs, bandwidths, weight_bytes, s.response_length)
     for stage in stages:
@@ -582,7 +609,10 @@ def ppo_description(report: dict[str, Any]) -> str:
                  else f"{s['estimator']}, {s['num_samples']} completions per prompt")
     dtype = {"float32": "fp32", "bfloat16": "bf16"}[s.get("dtype", "float32")]
     return (f"; PPO estimator {estimator}, KL coefficient (beta) {s['kl_coef']:g}; {dtype} weights "
-            f"{report['weight_bytes'] / 1e6:.1f} MB, memory copy {rate(report['memory_bandwidth'], 'B/s')}")
+            f"{report['weight_bytes'] / 1e6:.1f} MB, memory copy {rate(report['memory_bandwidth'], 'B/s')}; "
+            f"a decode step's linear products alone {cell(report['decode_products_ms'], 'decode_products_ms')} ms = "
+            f"{cell(report['products_streaming_fraction'], 'streaming_fraction')} of the weight-streaming bound "
+            "(the most any decode loop on these kernels reaches)")
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -110,6 +110,24 @@ def test_streaming_fraction_is_the_bound_over_the_measured_time_per_token(bench)
     assert bench.memory_bandwidth(megabytes=64, repeats=2) > 0
 
 
+def test_decode_products_run_every_linear_layer_with_the_kernels_decoding_uses(bench, tmp_path_factory, monkeypatch):
+    import torch
+
+    from rlhf.packed_weights import PackedLinear
+    from tests.conftest import make_tiny
+
+    model = make_tiny(tmp_path_factory, "llama", hidden=256, layers=1, heads=4)
+    calls = {"packed": 0, "plain": 0}
+    packed_call, plain_forward = PackedLinear.__call__, torch.nn.Linear.forward
+    monkeypatch.setattr(PackedLinear, "__call__", lambda self, x: calls.__setitem__("packed", calls["packed"] + 1)
+                        or packed_call(self, x))
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: calls.__setitem__("plain", calls["plain"] + 1)
+                        or plain_forward(self, x))
+    assert bench.decode_products_seconds(model, rows=8, repeats=2) > 0
+    # gate, up and down are large enough to pack; q, k, v, o and the lm_head are not; 1 warm-up + 2 timed passes
+    assert calls == {"packed": 3 * 3, "plain": 5 * 3}
+
+
 def test_critic_free_estimators_take_what_their_trl_anchor_does(bench):
     def keys(*argv):
         return bench.estimator_keys(bench.settings_from(bench.parse_args(list(argv))))
@@ -164,5 +182,8 @@ def test_tiny_critic_free_benchmark_against_trl(estimator, kl_coef, dtype, share
         assert 0 < part[side]["streaming_fraction"]["median"] and part[side]["generation_token_ms"]["median"] > 0
         (run,) = part["runs"][side]
         assert run["measured_steps"] == 1
+    # the products alone reach a larger share of the bound than the whole decode loop: they are part of its time
+    assert report["products_streaming_fraction"]["median"] > part["ours"]["streaming_fraction"]["median"]
     assert f"PPO estimator {estimator}" in proc.stdout and "| ppo | completions/s |" in proc.stdout
+    assert "linear products alone" in proc.stdout
     assert {"float32": "fp32 weights", "bfloat16": "bf16 weights"}[dtype] in proc.stdout
