@@ -62,10 +62,10 @@ class PPOStageConfig:
     lora_r: int = key(16, "policy (and fresh value) LoRA rank")
     lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
     lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
-    value_model: str = key("auto", "gae only: auto (reward_head when the reward model reads the policy's tokens, "
-                                   "else lora_head) | reward_head (head on the reward model's states: no pass of its "
-                                   "own) | lora_head (own LoRA + head) | policy_head (head on the policy's states) | "
-                                   "reward_lora (LoRA + head on a separate reward model)")
+    value_model: str = key("lora_head", "gae only: lora_head (own LoRA + head) | reward_head (head on the reward "
+                                        "model's states: no pass of its own, faster; over-optimised on SmolLM2, see "
+                                        "docs/ppo.md) | policy_head (head on the policy's states) | reward_lora "
+                                        "(LoRA + head on a separate reward model)")
     save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
     eval_dataset_path: str | None = key(None, "held-out prompts evaluated during training (eval/* metrics)")
     eval_steps: int = key(0, "evaluate the held-out prompts at the start and every this many steps (0: only at the end)")
@@ -94,7 +94,7 @@ class PPOStageConfig:
         if self.mini_batch_size % self.gradient_accumulation_steps:
             raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not divisible by "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
-        choices = {"lr_scheduler": SCHEDULERS, "value_model": ("auto", *VALUE_MODELS), "kl_estimator": ("k1", "k3"),
+        choices = {"lr_scheduler": SCHEDULERS, "value_model": VALUE_MODELS, "kl_estimator": ("k1", "k3"),
                    "advantage_estimator": ESTIMATORS,
                    "score_stats": ("policy", "reward_data"),
                    "dtype": ("auto", "bfloat16", "float16", "float32")}

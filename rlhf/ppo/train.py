@@ -173,7 +173,6 @@ def setup(config: PPOStageConfig) -> PPORun:
     """Accelerator, prompts, run directory, the model set with its optimizer, and the resumed state if any."""
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    config = model_set.with_value_model(config)  # `auto` resolved: what ran is what config.yaml records
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = distributed.make_accelerator(
         several_passes=model_set.has_value_pass(config.critic),
