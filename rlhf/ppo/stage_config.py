@@ -63,7 +63,7 @@ class PPOStageConfig:
     lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
     lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
     value_model: str = key("lora_head", "gae only: lora_head (own LoRA + head) | reward_head (head on the reward "
-                                        "model's states: no pass of its own, faster; over-optimised on SmolLM2, see "
+                                        "model's states: no pass of its own, faster; use with lam 1.0, see "
                                         "docs/ppo.md) | policy_head (head on the policy's states) | reward_lora "
                                         "(LoRA + head on a separate reward model)")
     save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
