@@ -163,20 +163,29 @@ def load_config(cls: type[C], argv: list[str], overrides: dict[str, Any] | None 
         if name not in valid:
             raise _unknown_key(name, valid, "overrides")
     values: dict[str, Any] = {}
-    where = "command line"
+    source: dict[str, str] = {}  # where each key's value was set, for errors
     if config_path:
         data, lines = read_yaml(config_path)
         for key in data:
             if key not in valid:
                 raise _unknown_key(key, valid, f"{config_path}:{lines.get(key, '?')}")
         values.update(data)
-        where = config_path
+        source.update({key: f"{config_path}:{lines.get(key, '?')}" for key in data})
     values.update(cli_values)
+    source.update(dict.fromkeys(cli_values, "command line"))
     values.update(overrides or {})
+    source.update(dict.fromkeys(overrides or {}, "overrides"))
     try:
         return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from e
+    except (TypeError, ValueError, ConfigError) as e:
+        raise ConfigError(f"{_blamed(str(e), source, config_path)}: {e}") from e
+
+
+def _blamed(message: str, source: dict[str, str], config_path: str | None) -> str:
+    """Where the value that `message` (a check's error, which starts with its key) came from: the file and line,
+    the command line or the overrides; the config file (or the command line) when it names no key set there."""
+    first = message.split(" ", 1)[0].strip("'\":,")
+    return source.get(first) or config_path or "command line"
 
 
 def config_help(cls, title: str) -> str:

@@ -35,8 +35,23 @@ def test_unknown_cli_key(tmp_path):
 
 
 def test_invalid_value_is_config_error():
-    with pytest.raises(ConfigError, match="peft_method 'qlora'"):
+    with pytest.raises(ConfigError, match="^command line: peft_method 'qlora'"):
         load_config(SFTStageConfig, ["--peft_method", "qlora"])
+
+
+def test_invalid_value_names_the_file_and_line_it_came_from(tmp_path):
+    """A check's error names the key's YAML line, or the command line when an override set it."""
+    from rlhf.ppo.stage_config import PPOStageConfig
+
+    cfg_file = tmp_path / "ppo.yaml"
+    cfg_file.write_text("policy_path: p\ndataset_path: d\nreward_fn: m:f\nvalue_model: auto\n")
+    with pytest.raises(ConfigError, match=r"ppo\.yaml:4: value_model 'auto' is not one of"):
+        load_config(PPOStageConfig, ["--config", str(cfg_file)])
+    with pytest.raises(ConfigError, match=r"^command line: value_model 'critic' is not one of"):
+        load_config(PPOStageConfig, ["--config", str(cfg_file), "--value_model", "critic"])
+    cfg_file.write_text("policy_path: p\ndataset_path: d\n")  # no reward: the check names two keys, no line
+    with pytest.raises(ConfigError, match=r"ppo\.yaml: set exactly one of reward_model_path and reward_fn"):
+        load_config(PPOStageConfig, ["--config", str(cfg_file)])
 
 
 def test_help_lists_stage_keys_with_their_defaults():
