@@ -405,6 +405,8 @@ def reward_anchor(s: Settings, model: Path, data: dict[str, Path], out: Path) ->
 
 
 def ppo_ours(s: Settings, model: Path, data: dict[str, Path], out: Path, reward_run: Path) -> dict:
+    import yaml
+
     from rlhf import runs
     from rlhf.ppo.stage_config import PPOStageConfig
     from rlhf.ppo.train import run
@@ -416,8 +418,9 @@ def ppo_ours(s: Settings, model: Path, data: dict[str, Path], out: Path, reward_
                   lora_r=s.lora_r, lora_alpha=s.lora_alpha, save_steps=s.steps, log_completions_steps=s.steps,
                   dtype=s.dtype, **estimator_keys(s)))
     steps = runs.MetricsFile(out).read()
-    return ppo_result([{name: row[f"time/{name}_s"] for name in ("generation", "scoring", "training")}
-                       for row in steps], s.batch_size)
+    ran = yaml.safe_load((out / runs.CONFIG).read_text())  # what ran, `value_model: auto` resolved
+    return {**ppo_result([{name: row[f"time/{name}_s"] for name in ("generation", "scoring", "training")}
+                          for row in steps], s.batch_size), "value_model": ran["value_model"]}
 
 
 def estimator_keys(s: Settings) -> dict[str, Any]:
@@ -604,9 +607,8 @@ def rate(stat: dict[str, float], unit: str) -> str:
 def ppo_description(report: dict[str, Any]) -> str:
     """The PPO estimator and its settings, and the weight-streaming bound's inputs."""
     s = report["settings"]
-    from rlhf.ppo.stage_config import PPOStageConfig
-
-    estimator = (f"gae, our value model {s['value_model'] or PPOStageConfig.value_model}" if s["estimator"] == "gae"
+    ran = report["ppo"]["runs"]["ours"][0]["value_model"]  # `auto` resolved
+    estimator = (f"gae, our value model {ran}" if s["estimator"] == "gae"
                  else f"{s['estimator']}, {s['num_samples']} completions per prompt")
     dtype = {"float32": "fp32", "bfloat16": "bf16"}[s.get("dtype", "float32")]
     return (f"; PPO estimator {estimator}, KL coefficient (beta) {s['kl_coef']:g}; {dtype} weights "

@@ -44,8 +44,8 @@ def test_invalid_value_names_the_file_and_line_it_came_from(tmp_path):
     from rlhf.ppo.stage_config import PPOStageConfig
 
     cfg_file = tmp_path / "ppo.yaml"
-    cfg_file.write_text("policy_path: p\ndataset_path: d\nreward_fn: m:f\nvalue_model: auto\n")
-    with pytest.raises(ConfigError, match=r"ppo\.yaml:4: value_model 'auto' is not one of"):
+    cfg_file.write_text("policy_path: p\ndataset_path: d\nreward_fn: m:f\nvalue_model: separate\n")
+    with pytest.raises(ConfigError, match=r"ppo\.yaml:4: value_model 'separate' is not one of"):
         load_config(PPOStageConfig, ["--config", str(cfg_file)])
     with pytest.raises(ConfigError, match=r"^command line: value_model 'critic' is not one of"):
         load_config(PPOStageConfig, ["--config", str(cfg_file), "--value_model", "critic"])

@@ -352,3 +352,18 @@ def test_reward_head_values_are_the_reward_model_states_of_each_prefix(ppo_runs,
 def test_reward_head_needs_a_reward_model_that_reads_the_policy_tokens(ppo_runs):
     with pytest.raises(ConfigError, match="reads the reward model"):
         config(ppo_runs, reward_model_path=None, reward_fn="builtins:len", value_model="reward_head")
+
+
+def test_value_model_auto_is_a_head_on_the_reward_states_when_the_reward_model_reads_the_policy_tokens(
+        ppo_runs, monkeypatch):
+    def resolved(**keys):
+        ran = model_set.with_value_model(config(ppo_runs, **{"value_model": "auto", **keys}))
+        return ran.value_model, ran.gae_lambda
+
+    assert resolved() == ("reward_head", 1.0)  # a reward adapter on the PPO base; no bootstrapping on its values
+    assert resolved(reward_model_path=str(ppo_runs["rm_full"])) == ("reward_head", 1.0)  # a classifier of its own
+    assert resolved(reward_model_path=None, reward_fn="builtins:len") == ("lora_head", 0.95)  # a rule has no states
+    assert resolved(lam=0.9) == ("reward_head", 0.9)  # a lam that is set stays
+    monkeypatch.setattr(rewards, "template_tail", lambda *tokenizers: None)  # another tokenizer or template
+    assert resolved() == ("lora_head", 0.95)
+    assert model_set.with_value_model(config(ppo_runs, value_model="policy_head")).value_model == "policy_head"

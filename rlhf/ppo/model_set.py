@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,10 +306,23 @@ def normalise_head(head: nn.Linear, stats: dict[str, float]) -> None:
     head.bias.sub_(stats["mean"]).div_(stats["std"])
 
 
+def with_value_model(config):
+    """`config` with `value_model: auto` resolved: `reward_head` when a reward model reads the policy's tokens (its
+    states then sit at the policy's positions: the value costs no pass of the base), else `lora_head` (a rule reward,
+    or a reward model with another tokenizer or chat template)."""
+    if config.value_model != "auto":
+        return config
+    reads_tokens = bool(config.reward_model_path) and rewards.template_tail(
+        load_tokenizer(config.reward_model_path), load_tokenizer(config.policy_path)) is not None
+    return dataclasses.replace(config, value_model="reward_head" if reads_tokens else "lora_head")
+
+
 def build(config, device) -> tuple[PolicyValueModel, rewards.Reward, dict[str, Any]]:
     """(policy+value model, reward, facts for the log and summary) for a PPO config; with no value model
     (`config.critic` None) the policy alone."""
     from peft import get_peft_model
+
+    config = with_value_model(config)
 
     policy_tokenizer = load_tokenizer(config.policy_path)
 

@@ -48,7 +48,8 @@ class PPOStageConfig:
     scale_rewards: bool = key(True, "grpo: divide by the group's std (false: Dr. GRPO)")
     kl_in_loss: bool = key(False, "the KL as a k3 term in the policy loss (as GRPO), not a per-token reward penalty")
     gamma: float = key(1.0, "discount")
-    lam: float = key(0.95, "GAE lambda")
+    lam: float | None = key(None, "GAE lambda (null: 1.0 with value_model reward_head, which must not be bootstrapped "
+                                  "on, docs/ppo.md; else 0.95)")
     clip_range: float = key(0.2, "policy ratio clip")
     clip_range_value: float = key(0.2, "value clip around the rollout's values")
     vf_coef: float = key(0.1, "weight of the value loss")
@@ -62,10 +63,10 @@ class PPOStageConfig:
     lora_r: int = key(16, "policy (and fresh value) LoRA rank")
     lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
     lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
-    value_model: str = key("lora_head", "gae only: lora_head (own LoRA + head) | reward_head (head on the reward "
-                                        "model's states: no pass of its own, faster; use with lam 1.0, see "
-                                        "docs/ppo.md) | policy_head (head on the policy's states) | reward_lora "
-                                        "(LoRA + head on a separate reward model)")
+    value_model: str = key("auto", "gae only: auto (reward_head when the reward model reads the policy's tokens, "
+                                   "else lora_head) | reward_head (head on the reward model's states: no pass of its "
+                                   "own) | lora_head (own LoRA + head) | policy_head (head "
+                                   "on the policy's states) | reward_lora (LoRA + head on a separate reward model)")
     save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
     eval_dataset_path: str | None = key(None, "held-out prompts evaluated during training (eval/* metrics)")
     eval_steps: int = key(0, "evaluate the held-out prompts at the start and every this many steps (0: only at the end)")
@@ -94,7 +95,7 @@ class PPOStageConfig:
         if self.mini_batch_size % self.gradient_accumulation_steps:
             raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not divisible by "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
-        choices = {"lr_scheduler": SCHEDULERS, "value_model": VALUE_MODELS, "kl_estimator": ("k1", "k3"),
+        choices = {"lr_scheduler": SCHEDULERS, "value_model": ("auto", *VALUE_MODELS), "kl_estimator": ("k1", "k3"),
                    "advantage_estimator": ESTIMATORS,
                    "score_stats": ("policy", "reward_data"),
                    "dtype": ("auto", "bfloat16", "float16", "float32")}
@@ -141,6 +142,15 @@ class PPOStageConfig:
         """The value model trained beside the policy: `value_model` for GAE, None for the critic-free estimators
         (no value adapter, head, pass, loss or checkpoint file). The one place that decides whether there is one."""
         return self.value_model if self.advantage_estimator == "gae" else None
+
+    @property
+    def gae_lambda(self) -> float:
+        """`lam`, or where it is null the value model's: 1.0 for `reward_head`, whose values stay near the frozen
+        reward model's score of each unfinished prefix, so GAE must not bootstrap on them (docs/ppo.md, "Which value
+        model"); 0.95 for the critics trained toward the returns."""
+        if self.lam is not None:
+            return self.lam
+        return 1.0 if self.value_model == "reward_head" else 0.95
 
     @property
     def uses_reference(self) -> bool:

@@ -116,7 +116,7 @@ def token_advantages(rewards: torch.Tensor, ro: rollout.Rollout,
     estimator, k = config.advantage_estimator, config.num_samples_per_prompt
     if estimator == "gae":
         gae_rewards = core.masked_whiten(rewards, ro.mask, shift_mean=False) if config.whiten_rewards else rewards
-        advantages, returns = core.gae(gae_rewards, ro.values, ro.mask, config.gamma, config.lam)
+        advantages, returns = core.gae(gae_rewards, ro.values, ro.mask, config.gamma, config.gae_lambda)
         return core.masked_whiten(advantages, ro.mask), returns
     if estimator == "reinforce_pp":
         return core.reinforce_pp_advantages(rewards, ro.mask, config.gamma), None
@@ -173,6 +173,7 @@ def setup(config: PPOStageConfig) -> PPORun:
     """Accelerator, prompts, run directory, the model set with its optimizer, and the resumed state if any."""
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    config = model_set.with_value_model(config)  # `auto` resolved: what ran is what config.yaml records
     runs.setup_tracking(config.report_to, config.output_dir, "ppo")
     accelerator = distributed.make_accelerator(
         several_passes=model_set.has_value_pass(config.critic),
