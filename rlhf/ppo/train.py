@@ -200,7 +200,8 @@ def setup(config: PPOStageConfig) -> PPORun:
         if held_out:
             held_out.baseline_gold = state["eval_baseline_gold"]
     if accelerator.is_main_process:
-        print(f"value model: {info['value_model'] or 'none'}; reward: {info['reward']}; "
+        value_model = f"{info['value_model']} (GAE lam {config.gae_lambda})" if info["value_model"] else "none"
+        print(f"value model: {value_model}; reward: {info['reward']}; "
               f"it adds {info['reward_parameters']:,} parameters to the base; "
               f"{len(data.prompts)} prompts ({data.too_long} too long, dropped); "
               f"{info['trainable_parameters']:,} trainable parameters; {accelerator.num_processes} process(es)")
