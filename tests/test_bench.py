@@ -99,6 +99,8 @@ def test_tiny_benchmark_without_anchor_reports_every_stage(tmp_path):
         assert s["steps"] * s["batch_size"] * 10 <= run["tokens"] <= s["steps"] * s["batch_size"] * 2 * s["max_length"]
     (ppo,) = report["ppo"]["runs"]["ours"]
     assert ppo["measured_steps"] == s["steps"] - 1
+    # the stage's default value model, auto, resolved: the reward model reads the policy's tokens
+    assert ppo["value_model"] == "reward_head" and "our value model reward_head" in proc.stdout
 
 
 def test_streaming_fraction_is_the_bound_over_the_measured_time_per_token(bench):

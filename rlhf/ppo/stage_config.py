@@ -65,8 +65,8 @@ class PPOStageConfig:
     lora_target_modules: Any = key("all-linear", "module names, or 'all-linear'")
     value_model: str = key("auto", "gae only: auto (reward_head when the reward model reads the policy's tokens, "
                                    "else lora_head) | reward_head (head on the reward model's states: no pass of its "
-                                   "own) | lora_head (own LoRA + head) | policy_head (head "
-                                   "on the policy's states) | reward_lora (LoRA + head on a separate reward model)")
+                                   "own) | lora_head (own LoRA + head) | policy_head (head on the policy's states) | "
+                                   "reward_lora (LoRA + head on a separate reward model)")
     save_steps: int = key(50, "checkpoint every this many steps (and at the last one)")
     eval_dataset_path: str | None = key(None, "held-out prompts evaluated during training (eval/* metrics)")
     eval_steps: int = key(0, "evaluate the held-out prompts at the start and every this many steps (0: only at the end)")
