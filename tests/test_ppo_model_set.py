@@ -296,6 +296,8 @@ def test_final_policy_adapter_resolves_through_the_sft_run(ppo_runs, tmp_path):
     (dict(reward_fn="builtins:len"), "exactly one of reward_model_path and reward_fn"),
     (dict(value_model="separate"), "value_model 'separate'"),
     (dict(temperature=0.0), "temperature must be positive"),
+    (dict(lam=1.5), r"lam must be in \[0, 1\], got 1.5"),
+    (dict(gamma=-0.1), r"gamma must be in \[0, 1\]"),
 ])
 def test_inconsistent_config_is_an_error(ppo_runs, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -367,3 +369,5 @@ def test_value_model_auto_is_a_head_on_the_reward_states_when_the_reward_model_r
     monkeypatch.setattr(rewards, "template_tail", lambda *tokenizers: None)  # another tokenizer or template
     assert resolved() == ("lora_head", 0.95)
     assert model_set.with_value_model(config(ppo_runs, value_model="policy_head")).value_model == "policy_head"
+    with pytest.raises(ConfigError, match="auto resolved first"):  # lam null depends on what auto becomes
+        config(ppo_runs, value_model="auto").gae_lambda

@@ -239,7 +239,8 @@ def test_prompt_order_is_seeded_and_covers_the_data(ppo_runs):
 def test_reward_mean_is_the_penalised_score_minus_the_kl_penalty(ppo_runs, tmp_path, whiten):
     """`ppo/reward_mean` (docs/ppo.md): per-sequence sum of the token rewards = score after penalties minus
     kl_coef * KL, whether or not the rewards GAE reads are whitened."""
-    config = ppo_config(ppo_runs, tmp_path, whiten_rewards=whiten, kl_coef=0.3, missing_eos_penalty=1.0)
+    config = ppo_config(ppo_runs, tmp_path, whiten_rewards=whiten, kl_coef=0.3, missing_eos_penalty=1.0,
+                        value_model="lora_head")
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     ro = train.rollout.Rollout(
         prompts=["a", "b"], responses=["x", "y"], input_ids=torch.zeros(2, 5, dtype=torch.long),

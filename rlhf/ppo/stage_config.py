@@ -120,6 +120,9 @@ class PPOStageConfig:
         if self.kl_target is not None and self.kl_coef == 0:
             raise ConfigError("kl_target adapts kl_coef by multiplying it, so kl_coef (its start) must be positive, "
                               "not 0")
+        for name in ("gamma", "lam"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if min(self.kl_coef, self.clip_range, self.clip_range_value, self.vf_coef, self.learning_rate) < 0:
             raise ConfigError("kl_coef, clip ranges, vf_coef and learning_rate must not be negative")
 
@@ -150,6 +153,8 @@ class PPOStageConfig:
         model"); 0.95 for the critics trained toward the returns."""
         if self.lam is not None:
             return self.lam
+        if self.value_model == "auto":  # the choice depends on which value model auto becomes
+            raise ConfigError("lam null needs value_model auto resolved first (model_set.with_value_model)")
         return 1.0 if self.value_model == "reward_head" else 0.95
 
     @property
